@@ -1,0 +1,141 @@
+"""The one place that reads the environment.
+
+Every other module takes a :class:`Settings` (or calls :func:`get_settings`), so a notebook,
+a test and the command line all see the same configuration, and a secret is read in exactly
+one place where we can make sure it is never printed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+BACKENDS = ("lite", "lite-server", "milvus", "remote")
+GENERATORS = ("auto", "claude", "local")
+
+# The article's claude-3-opus-20240229 is retired; this is a current model and can be
+# overridden with GFL_CLAUDE_MODEL without touching code.
+DEFAULT_CLAUDE_MODEL = "claude-sonnet-4-5"
+
+
+class SettingsError(ValueError):
+    """A setting has a value we cannot use; the message names the variable and the fix."""
+
+
+class Secret(str):
+    """A string that never shows itself in repr, str formatting of containers, or logs."""
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self else "Secret('')"
+
+    def reveal(self) -> str:
+        return str.__str__(self)
+
+
+def _env(name: str, default: str, environ: dict[str, str]) -> str:
+    value = environ.get(name, "")
+    return value.strip() if value.strip() else default
+
+
+def _choice(name: str, default: str, allowed: tuple[str, ...], environ: dict[str, str]) -> str:
+    value = _env(name, default, environ).lower()
+    if value not in allowed:
+        raise SettingsError(
+            f"{name}={value!r} is not valid; use one of: {', '.join(allowed)} (default {default!r})."
+        )
+    return value
+
+
+def _int(name: str, default: int, environ: dict[str, str]) -> int:
+    raw = _env(name, str(default), environ)
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not an integer; unset it or give a whole number.") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Configuration of the kit. Build it with :meth:`from_env`; override fields with
+    :meth:`replace` in tests and notebooks (papermill parameters end up here)."""
+
+    milvus_backend: str = "lite"
+    milvus_uri: str = ""
+    milvus_token: Secret = field(default_factory=lambda: Secret(""), repr=False)
+    data_dir: Path = REPO_ROOT / "data"
+    run_dir: Path = REPO_ROOT / "runs"
+    seed: int = 42
+    generator: str = "auto"
+    claude_model: str = DEFAULT_CLAUDE_MODEL
+    anthropic_api_key: Secret = field(default_factory=lambda: Secret(""), repr=False)
+    anthropic_base_url: str = ""
+    server_start_timeout: float = 60.0
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if environ is None else environ)
+        backend = _choice("GFL_MILVUS_BACKEND", "lite", BACKENDS, env)
+        uri = _env("GFL_MILVUS_URI", "", env)
+        if backend == "remote" and not uri:
+            raise SettingsError(
+                "GFL_MILVUS_BACKEND=remote needs GFL_MILVUS_URI, for example "
+                "http://my-milvus:19530 or https://<cluster>.zillizcloud.com "
+                "(and GFL_MILVUS_TOKEN for Zilliz Cloud or an authenticated cluster)."
+            )
+        return cls(
+            milvus_backend=backend,
+            milvus_uri=uri,
+            milvus_token=Secret(_env("GFL_MILVUS_TOKEN", "", env)),
+            data_dir=Path(_env("GFL_DATA_DIR", str(REPO_ROOT / "data"), env)).expanduser().resolve(),
+            run_dir=Path(_env("GFL_RUN_DIR", str(REPO_ROOT / "runs"), env)).expanduser().resolve(),
+            seed=_int("GFL_SEED", 42, env),
+            generator=_choice("GFL_GENERATOR", "auto", GENERATORS, env),
+            claude_model=_env("GFL_CLAUDE_MODEL", DEFAULT_CLAUDE_MODEL, env),
+            anthropic_api_key=Secret(_env("ANTHROPIC_API_KEY", "", env)),
+            anthropic_base_url=_env("ANTHROPIC_BASE_URL", "", env),
+            server_start_timeout=float(_int("GFL_SERVER_START_TIMEOUT", 60, env)),
+        )
+
+    def replace(self, **changes: object) -> Settings:
+        """A copy with some fields changed; paths given as strings become Paths."""
+        for key in ("data_dir", "run_dir"):
+            if key in changes and not isinstance(changes[key], Path):
+                changes[key] = Path(str(changes[key])).expanduser().resolve()
+        for key in ("milvus_token", "anthropic_api_key"):
+            if key in changes and not isinstance(changes[key], Secret):
+                changes[key] = Secret(str(changes[key] or ""))
+        if "milvus_backend" in changes and changes["milvus_backend"] not in BACKENDS:
+            raise SettingsError(
+                f"milvus_backend={changes['milvus_backend']!r}; use one of: {', '.join(BACKENDS)}."
+            )
+        if "generator" in changes and changes["generator"] not in GENERATORS:
+            raise SettingsError(
+                f"generator={changes['generator']!r}; use one of: {', '.join(GENERATORS)}."
+            )
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def has_anthropic_key(self) -> bool:
+        return bool(self.anthropic_api_key)
+
+    def describe(self) -> dict[str, object]:
+        """What a notebook may print: every setting, secrets shown only as set / not set."""
+        out: dict[str, object] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Secret):
+                out[f.name] = "(set)" if value else "(not set)"
+            else:
+                out[f.name] = str(value) if isinstance(value, Path) else value
+        return out
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Settings from the environment, with notebook/papermill overrides applied on top."""
+    settings = Settings.from_env()
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return settings.replace(**clean) if clean else settings
