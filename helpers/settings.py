@@ -55,7 +55,9 @@ def _int(name: str, default: int, environ: dict[str, str]) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not an integer; unset it or give a whole number.") from None
+        raise SettingsError(
+            f"{name}={raw!r} is not an integer; unset it or give a whole number."
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,9 @@ class Settings:
             milvus_backend=backend,
             milvus_uri=uri,
             milvus_token=Secret(_env("GFL_MILVUS_TOKEN", "", env)),
-            data_dir=Path(_env("GFL_DATA_DIR", str(REPO_ROOT / "data"), env)).expanduser().resolve(),
+            data_dir=Path(_env("GFL_DATA_DIR", str(REPO_ROOT / "data"), env))
+            .expanduser()
+            .resolve(),
             run_dir=Path(_env("GFL_RUN_DIR", str(REPO_ROOT / "runs"), env)).expanduser().resolve(),
             seed=_int("GFL_SEED", 42, env),
             generator=_choice("GFL_GENERATOR", "auto", GENERATORS, env),
