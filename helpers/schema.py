@@ -1,0 +1,274 @@
+"""The article's tavern collection: schema, HNSW index and input checks.
+
+Fields and index follow the article (six fields; HNSW, IP, M=48, efConstruction=200). What we
+change, and why (see docs/article-errata.md):
+
+* ids are deterministic (a hash of a stable key) instead of ``auto_id``: re-running a notebook
+  upserts the same rows instead of piling up duplicates;
+* the collection is created *without* index params, then rows are inserted, flushed, indexed and
+  loaded in that order: milvus-lite loads a collection created with index params at once and then
+  answers every search by brute force (FACTS);
+* HNSW params are passed in the nested form ``{"params": {"M": .., "efConstruction": ..}}``:
+  milvus-lite silently ignores the flat form and builds M=16;
+* VARCHAR limits are checked here, in UTF-8 bytes: the C++ server counts bytes, milvus-lite counts
+  characters, so a byte check is the one that holds on every backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from pymilvus import CollectionSchema, DataType, MilvusClient
+
+from helpers.embeddings import DIM
+
+COLLECTION = "taverns10"  # the article's collection name
+VECTOR_FIELD = "vector_embedding"
+DESCRIPTION_MAX = 3000
+SHORT_MAX = 255
+HNSW_M = 48
+HNSW_EF_CONSTRUCTION = 200
+METRIC = "IP"
+
+TEXT_LIMITS: dict[str, int] = {
+    "name": SHORT_MAX,
+    "description": DESCRIPTION_MAX,
+    "location": SHORT_MAX,
+    "famous_visitor": SHORT_MAX,
+}
+REQUIRED_TEXT = ("name", "description")
+
+
+class SchemaError(ValueError):
+    """A row does not fit the collection; the message names the row, the field and the fix."""
+
+
+def tavern_schema() -> CollectionSchema:
+    """The article's six fields, with the article's descriptions."""
+    schema = MilvusClient.create_schema(auto_id=False, description="LOTR Taverns")
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("name", DataType.VARCHAR, max_length=SHORT_MAX, description="Tavern name")
+    schema.add_field(
+        "description",
+        DataType.VARCHAR,
+        max_length=DESCRIPTION_MAX,
+        description="Tavern description",
+    )
+    schema.add_field(
+        "location", DataType.VARCHAR, max_length=SHORT_MAX, description="Location in Middle-Earth"
+    )
+    schema.add_field(
+        "famous_visitor",
+        DataType.VARCHAR,
+        max_length=SHORT_MAX,
+        description="Famous visitors in the tavern",
+    )
+    schema.add_field(
+        VECTOR_FIELD,
+        DataType.FLOAT_VECTOR,
+        dim=DIM,
+        description="Vector embedding for semantic search",
+    )
+    return schema
+
+
+def hnsw_index_params(
+    client: MilvusClient, m: int = HNSW_M, ef_construction: int = HNSW_EF_CONSTRUCTION
+) -> Any:
+    """Index params for HNSW over the vector field, in the form every backend honours."""
+    params = client.prepare_index_params()
+    params.add_index(
+        field_name=VECTOR_FIELD,
+        index_name=VECTOR_FIELD,
+        index_type="HNSW",
+        metric_type=METRIC,
+        params={"params": {"M": m, "efConstruction": ef_construction}},
+    )
+    return params
+
+
+def search_params(ef: int = 64) -> dict[str, Any]:
+    """HNSW's search knob is ``ef`` (candidates kept while searching); ``nprobe`` is IVF's."""
+    if ef < 1:
+        raise ValueError(f"ef must be a positive integer, got {ef}.")
+    return {"metric_type": METRIC, "params": {"ef": ef}}
+
+
+def _field_names(description: Mapping[str, Any]) -> list[str]:
+    return [f["name"] for f in description.get("fields", [])]
+
+
+def create_tavern_collection(
+    client: MilvusClient, name: str = COLLECTION, *, drop_existing: bool = False
+) -> bool:
+    """Create the collection if it is missing. Returns True when it was created.
+
+    An existing collection with the same fields is kept (notebooks are re-runnable); one with
+    other fields is an error rather than a silent mix of two schemas.
+    """
+    if client.has_collection(name):
+        if drop_existing:
+            client.drop_collection(name)
+        else:
+            have = _field_names(client.describe_collection(name))
+            want = [f.name for f in tavern_schema().fields]
+            if sorted(have) != sorted(want):
+                raise SchemaError(
+                    f"Collection {name!r} exists with fields {have}, not {want}. Drop it "
+                    f"(client.drop_collection({name!r})) or pass another collection name."
+                )
+            return False
+    client.create_collection(name, schema=tavern_schema())
+    return True
+
+
+def index_info(client: MilvusClient, name: str = COLLECTION) -> dict[str, Any]:
+    """What the server says about the vector index (type, metric, M, efConstruction, rows)."""
+    if not client.list_indexes(name):
+        return {}
+    info = dict(client.describe_index(name, index_name=VECTOR_FIELD))
+    nested = info.get("params")
+    if isinstance(nested, str):  # the nested form comes back as a JSON string on some servers
+        with contextlib.suppress(ValueError):
+            info.update(json.loads(nested))
+    elif isinstance(nested, Mapping):
+        info.update(nested)
+    return info
+
+
+def build_hnsw_index(
+    client: MilvusClient,
+    name: str = COLLECTION,
+    *,
+    m: int = HNSW_M,
+    ef_construction: int = HNSW_EF_CONSTRUCTION,
+) -> dict[str, Any]:
+    """Flush, (re)create the HNSW index, and load, in the order that makes HNSW really serve.
+
+    A collection already loaded before its rows were flushed keeps answering by brute force in
+    milvus-lite, so a loaded collection is released first.
+    """
+    client.flush(name)
+    existing = index_info(client, name)
+    same = (
+        existing.get("index_type") == "HNSW"
+        and int(existing.get("M", -1)) == m
+        and int(existing.get("efConstruction", -1)) == ef_construction
+    )
+    client.release_collection(name)
+    if existing and not same:
+        client.drop_index(name, index_name=VECTOR_FIELD)
+    if not same:
+        client.create_index(name, hnsw_index_params(client, m, ef_construction))
+    client.load_collection(name)
+    return index_info(client, name)
+
+
+def stable_id(*parts: object) -> int:
+    """A deterministic positive INT64 primary key from a stable key (e.g. the tavern id)."""
+    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+_SENTENCE_END = re.compile(r"[.!?…][\"')\]]*(?=\s|$)")
+
+
+def fit_utf8(text: str, max_bytes: int) -> str:
+    """Cut ``text`` to at most ``max_bytes`` of UTF-8, at the last full sentence if there is one.
+
+    Used for generated descriptions, which can run past the VARCHAR limit: a shorter text that
+    ends on a sentence reads better and embeds more faithfully than a cut mid-word.
+    """
+    if len(text.encode("utf-8")) <= max_bytes:
+        return text
+    head = text.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
+    ends = [m.end() for m in _SENTENCE_END.finditer(head)]
+    if ends:
+        return head[: ends[-1]].rstrip()
+    cut = head.rsplit(None, 1)[0] if " " in head else head
+    return cut.rstrip()
+
+
+def _check_vector(vector: Any, where: str) -> list[float]:
+    try:
+        arr = np.asarray(vector, dtype=np.float32).reshape(-1)
+    except (TypeError, ValueError):
+        raise SchemaError(f"{where}: {VECTOR_FIELD} is not a list of numbers.") from None
+    if arr.shape[0] != DIM:
+        raise SchemaError(
+            f"{where}: {VECTOR_FIELD} has {arr.shape[0]} dimensions; the collection expects {DIM} "
+            "(all-MiniLM-L6-v2). Embed with helpers.embeddings.encode_documents."
+        )
+    if not np.all(np.isfinite(arr)):
+        raise SchemaError(f"{where}: {VECTOR_FIELD} contains NaN or infinity; re-embed the text.")
+    norm = float(np.linalg.norm(arr))
+    if not math.isclose(norm, 1.0, abs_tol=1e-3):
+        raise SchemaError(
+            f"{where}: {VECTOR_FIELD} has length {norm:.3f}; inner-product search needs unit "
+            "vectors (normalise, or embed with normalize_embeddings=True)."
+        )
+    return arr.tolist()
+
+
+def prepare_rows(
+    rows: Iterable[Mapping[str, Any]], *, truncate_description: bool = True
+) -> list[dict[str, Any]]:
+    """Check every row before anything is written, so a bad row never leaves half a batch stored.
+
+    Descriptions over 3000 UTF-8 bytes are cut at the last full sentence (documented, tested);
+    with ``truncate_description=False`` they are an error. Every other violation is an error.
+    """
+    out: list[dict[str, Any]] = []
+    seen: dict[int, int] = {}
+    for i, row in enumerate(rows):
+        where = f"row {i} ({str(row.get('name', ''))[:40]!r})"
+        clean = dict(row)
+        if "id" not in clean or not isinstance(clean["id"], int | np.integer):
+            raise SchemaError(f"{where}: needs an integer 'id' (use helpers.schema.stable_id).")
+        clean["id"] = int(clean["id"])
+        if clean["id"] in seen:
+            raise SchemaError(f"{where}: id {clean['id']} repeats row {seen[clean['id']]}.")
+        seen[clean["id"]] = i
+        for fld, limit in TEXT_LIMITS.items():
+            value = clean.get(fld, "")
+            if value is None:
+                value = ""
+            if not isinstance(value, str):
+                raise SchemaError(f"{where}: {fld} must be text, got {type(value).__name__}.")
+            if fld in REQUIRED_TEXT and not value.strip():
+                raise SchemaError(f"{where}: {fld} is empty; every tavern needs a {fld}.")
+            size = len(value.encode("utf-8"))
+            if size > limit:
+                if fld == "description" and truncate_description:
+                    value = fit_utf8(value, limit)
+                else:
+                    raise SchemaError(
+                        f"{where}: {fld} is {size} bytes of UTF-8 ({len(value)} characters); the "
+                        f"limit is {limit} bytes. Shorten it."
+                    )
+            clean[fld] = value
+        clean[VECTOR_FIELD] = _check_vector(clean.get(VECTOR_FIELD), where)
+        out.append(clean)
+    return out
+
+
+def upsert_rows(
+    client: MilvusClient,
+    rows: Sequence[Mapping[str, Any]],
+    name: str = COLLECTION,
+    *,
+    batch_size: int = 256,
+    truncate_description: bool = True,
+) -> int:
+    """Validate all rows, then upsert them in batches (one RPC per batch, not per row)."""
+    clean = prepare_rows(rows, truncate_description=truncate_description)
+    for start in range(0, len(clean), batch_size):
+        client.upsert(name, clean[start : start + batch_size])
+    return len(clean)
