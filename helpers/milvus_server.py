@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import errno
 import fcntl
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -52,23 +50,27 @@ PIDFILE = "gfl-server.json"
 _PING_AFTER_S = 20.0  # re-check a client idle for longer than this before handing it out
 _STOP_GRACE_S = 10.0
 
-_PR_SET_PDEATHSIG = 1
-
 
 class MilvusServerError(RuntimeError):
     """A server could not be started, reused or reached; the message says what to do."""
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask Linux to SIGKILL this child when the thread that started it dies.
+# Runs in the child before the server binary replaces it: ask Linux to SIGKILL us when the
+# parent dies (SIGKILL because the C++ server ignores SIGTERM once orphaned, FACTS), then exec.
+# A tiny exec wrapper rather than preexec_fn: preexec_fn forces fork() in a process full of
+# gRPC threads, which gRPC warns about into the notebook's output.
+_EXEC_WITH_PARENT_DEATH = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit('parent already gone')\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
 
-    SIGKILL because the C++ server ignores SIGTERM once its parent is gone (FACTS).
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except OSError:
-        pass
+
+def _dies_with_parent(cmd: list[str]) -> list[str]:
+    """``cmd`` wrapped so the process it becomes is killed when this Python process dies."""
+    return [sys.executable, "-I", "-S", "-c", _EXEC_WITH_PARENT_DEATH, str(os.getpid()), *cmd]
 
 
 def _free_port() -> int:
@@ -412,10 +414,10 @@ def _start_lite_server(
     log_path = data_dir / "server.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [_lite_server_exe(), "server", "--data-dir", str(data_dir),
-             "--host", "127.0.0.1", "--port", str(port)],
+            _dies_with_parent([_lite_server_exe(), "server", "--data-dir", str(data_dir),
+                               "--host", "127.0.0.1", "--port", str(port)]),
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent, start_new_session=True,
+            start_new_session=True,
         )  # fmt: skip
     _write_pidfile(data_dir, proc.pid, port)
     uri = f"http://127.0.0.1:{port}"
@@ -485,11 +487,11 @@ def _children_die_with_parent(module: types.ModuleType) -> Iterator[None]:
     """
     real = module.subprocess  # type: ignore[attr-defined]
 
-    def popen(*args: object, **kwargs: object) -> subprocess.Popen:
-        kwargs.setdefault("preexec_fn", _die_with_parent)
+    def popen(cmd: list[str], *args: object, **kwargs: object) -> subprocess.Popen:
+        cmd = _dies_with_parent(list(cmd))
         kwargs.setdefault("start_new_session", True)
         kwargs.setdefault("stdin", subprocess.DEVNULL)
-        return real.Popen(*args, **kwargs)  # type: ignore[arg-type]
+        return real.Popen(cmd, *args, **kwargs)  # type: ignore[arg-type]
 
     shim = types.SimpleNamespace(
         **{k: getattr(real, k) for k in dir(real) if not k.startswith("__")}
@@ -634,3 +636,34 @@ def _connect_remote(settings: Settings) -> MilvusHandle:
     )
     _REGISTRY[key] = handle
     return handle
+
+
+def server_processes() -> list[dict[str, object]]:
+    """Milvus server processes running on this machine (lite servers and C++ standalones).
+
+    A notebook ends by showing this list is empty: nothing it started outlives it.
+    """
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            cmd = proc.info["cmdline"] or []
+            lite = (
+                len(cmd) >= 2
+                and Path(cmd[0]).name in ("milvus-lite", "python", "python3")
+                and "server" in cmd
+                and any("milvus-lite" in c or "milvus_lite" in c for c in cmd)
+            )
+            cpp = (
+                len(cmd) >= 3
+                and Path(cmd[0]).name == "milvus"
+                and cmd[1:3] == ["run", "standalone"]
+            )
+            if lite or cpp:
+                found.append(
+                    {
+                        "pid": proc.pid,
+                        "kind": "C++ milvus" if cpp else "milvus-lite server",
+                        "cmd": " ".join(cmd)[:120],
+                    }
+                )
+    return found

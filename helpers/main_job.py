@@ -1,0 +1,124 @@
+"""The main job: execute every course notebook headless with papermill into a run folder.
+
+``./kit.sh run`` calls ``python -m helpers.main_job``. Each notebook gets the run folder as a
+parameter so its Milvus data, caches and figures land there, never in the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from helpers.settings import REPO_ROOT, Settings, get_settings
+
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+KERNEL_NAME = "gfl-kit"
+
+# Parameters for a run that finishes in a few minutes on 2 cores. `--full` drops these
+# overrides so every notebook runs with the values in its own parameters cell.
+QUICK_PARAMETERS: dict[str, dict[str, object]] = {
+    "03_hnsw_index.ipynb": {"CORPUS_SIZE": 10_000, "N_QUERIES": 100},
+}
+
+
+@dataclass
+class NotebookResult:
+    notebook: str
+    output: Path
+    seconds: float
+    ok: bool
+    error: str = ""
+
+
+def notebooks(selected: list[str] | None = None) -> list[Path]:
+    """The numbered notebooks in order, optionally only those whose name starts with a prefix."""
+    found = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+    if selected:
+        found = [nb for nb in found if any(nb.name.startswith(s) for s in selected)]
+        if not found:
+            raise SystemExit(f"No notebook matches {selected}; see {NOTEBOOK_DIR}.")
+    return found
+
+
+def new_run_dir(settings: Settings, run_id: str | None = None) -> Path:
+    run_id = run_id or datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    run_dir = settings.run_dir / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def run_notebook(
+    notebook: Path, out_dir: Path, run_dir: Path, extra: dict[str, object] | None = None,
+    kernel_name: str = KERNEL_NAME,
+) -> NotebookResult:  # fmt: skip
+    """Execute one notebook with papermill; its parameters point it at ``run_dir``."""
+    import papermill as pm
+
+    output = out_dir / notebook.name
+    params = {"RUN_DIR": str(run_dir), **(extra or {})}
+    start = time.perf_counter()
+    try:
+        pm.execute_notebook(
+            str(notebook), str(output), parameters=params, kernel_name=kernel_name,
+            cwd=str(NOTEBOOK_DIR), progress_bar=False, log_output=False,
+        )  # fmt: skip
+    except Exception as exc:  # papermill raises PapermillExecutionError with the cell's traceback
+        return NotebookResult(notebook.name, output, time.perf_counter() - start, False, str(exc))
+    return NotebookResult(notebook.name, output, time.perf_counter() - start, True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="./kit.sh run",
+        description="Execute the course notebooks headless into a run folder (git-ignored).",
+    )
+    parser.add_argument("--only", nargs="*", metavar="PREFIX", help="run only notebooks starting with these prefixes, e.g. 01 03")
+    parser.add_argument("--full", action="store_true", help="use each notebook's own (larger) parameters")
+    parser.add_argument("--run-id", help="name of the run folder under the runs directory (default: a timestamp)")
+    parser.add_argument("--keep-going", action="store_true", help="run the remaining notebooks after a failure")
+    args = parser.parse_args(argv)
+
+    settings = get_settings()
+    run_dir = new_run_dir(settings, args.run_id)
+    out_dir = run_dir / "notebooks"
+    out_dir.mkdir(exist_ok=True)
+    todo = notebooks(args.only)
+    print(f"Run folder: {run_dir}")
+    print(f"Backend: {settings.milvus_backend}   notebooks: {len(todo)}   parameters: {'full' if args.full else 'quick'}")
+
+    from tqdm.auto import tqdm
+
+    results: list[NotebookResult] = []
+    bar = tqdm(todo, unit="notebook", file=sys.stdout, dynamic_ncols=True)
+    for nb in bar:
+        bar.set_description(nb.stem)
+        extra = {} if args.full else QUICK_PARAMETERS.get(nb.name, {})
+        result = run_notebook(nb, out_dir, run_dir, extra)
+        results.append(result)
+        status = "ok" if result.ok else "FAILED"
+        bar.write(f"  {nb.name:<40} {status:>6}  {result.seconds:6.1f} s")
+        if not result.ok and not args.keep_going:
+            break
+    bar.close()
+
+    summary = [
+        {"notebook": r.notebook, "ok": r.ok, "seconds": round(r.seconds, 1), "output": str(r.output)}
+        for r in results
+    ]
+    (run_dir / "main_job.json").write_text(json.dumps(summary, indent=2))
+    failed = [r for r in results if not r.ok]
+    print(f"\nExecuted notebooks: {out_dir}")
+    if failed:
+        for r in failed:
+            print(f"\n{r.notebook} failed:\n{r.error[-3000:]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
