@@ -31,6 +31,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import types
@@ -463,6 +464,42 @@ def _wait_until_up(
 # --- milvus: the article's C++ default_server --------------------------------------------------
 
 
+_CPP_LOCK_PATH = Path(tempfile.gettempdir()) / "gfl-kit-milvus-cpp.lock"
+_cpp_lock_fd: int | None = None
+
+
+def _claim_cpp_slot() -> None:
+    """Hold a machine-wide lock while our C++ server starts and runs.
+
+    Checking for a running server and then starting one leaves a gap in which two notebooks (or
+    a notebook and a test) can both start, and the second one panics. The lock closes the gap.
+    """
+    global _cpp_lock_fd
+    if _cpp_lock_fd is not None:
+        return
+    fd = os.open(_CPP_LOCK_PATH, os.O_CREAT | os.O_RDWR, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise MilvusServerError(
+            f"Another process (pid {holder}) is running a C++ Milvus server with this kit; only "
+            "one can run per machine (a second dies in a Go panic). Stop that notebook's server "
+            "or kernel first, or use the 'lite' backend."
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    _cpp_lock_fd = fd
+
+
+def _release_cpp_slot() -> None:
+    global _cpp_lock_fd
+    if _cpp_lock_fd is not None:
+        os.close(_cpp_lock_fd)
+        _cpp_lock_fd = None
+
+
 def _cpp_servers() -> list[psutil.Process]:
     """Every C++ Milvus standalone running on this machine (ours or not)."""
     found = []
@@ -521,6 +558,17 @@ def _start_cpp_server(
             "default_server is already running in this process but was not started by "
             "helpers.milvus_server; call default_server.stop() first."
         )
+    _claim_cpp_slot()
+    try:
+        return _start_cpp_server_claimed(default_server, milvus, base, key, port, fresh, timeout)
+    except BaseException:
+        _release_cpp_slot()
+        raise
+
+
+def _start_cpp_server_claimed(
+    default_server, milvus, base: Path, key: tuple, port: int | None, fresh: bool, timeout: float
+) -> MilvusHandle:
     for other in _cpp_servers():
         if _is_orphan_of_ours(other, base):
             print(
@@ -578,9 +626,16 @@ def _wait_healthy(web_port: int, proc: subprocess.Popen, log_path: Path, timeout
     url = f"http://127.0.0.1:{web_port}/healthz"
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            tail = _tail(log_path)
+            hint = (
+                " A Go panic at start-up means another Milvus server holds the etcd ports "
+                "(2379/2380); stop it and try again."
+                if "panic" in _tail(log_path, 400)
+                else ""
+            )
             raise MilvusServerError(
-                f"The C++ Milvus server exited with code {proc.returncode} while starting. "
-                f"Last lines of {log_path}:\n{_tail(log_path)}"
+                f"The C++ Milvus server exited with code {proc.returncode} while starting.{hint} "
+                f"Last lines of {log_path}:\n{tail}"
             )
         with (
             contextlib.suppress(OSError, urllib.error.URLError),
@@ -601,6 +656,7 @@ def _stop_cpp_server(handle: MilvusHandle) -> None:
     if handle._proc is not None:
         _terminate(handle._proc)
     default_server.stop()  # closes its log files; the process is already gone
+    _release_cpp_slot()
     with contextlib.suppress(OSError):
         (handle.data_path / PIDFILE).unlink()  # type: ignore[operator]
 

@@ -133,9 +133,19 @@ class Settings:
             value = getattr(self, f.name)
             if isinstance(value, Secret):
                 out[f.name] = "(set)" if value else "(not set)"
+            elif isinstance(value, Path):
+                out[f.name] = _show_path(value)
             else:
-                out[f.name] = str(value) if isinstance(value, Path) else value
+                out[f.name] = value
         return out
+
+
+def _show_path(path: Path) -> str:
+    """Paths inside the repository are shown relative to it, so outputs read the same anywhere."""
+    try:
+        return str(path.relative_to(REPO_ROOT)) + "/"
+    except ValueError:
+        return str(path)
 
 
 def get_settings(**overrides: object) -> Settings:

@@ -1,0 +1,60 @@
+"""Execute the course notebooks with papermill, with small parameters, and check what they show.
+
+(`pytest --nbval-lax` separately re-runs the committed notebooks and compares checked cells.)
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpers.main_job import NOTEBOOK_DIR
+from helpers.milvus_server import server_processes
+from tests.notebook_runner import all_text, execute, has_image
+
+pytestmark = pytest.mark.slow
+
+NOTEBOOKS = sorted(p.name for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_has_one_parameters_cell_and_the_kit_kernel(name: str) -> None:
+    nb = json.loads((NOTEBOOK_DIR / name).read_text())
+    tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, f"{name}: papermill needs exactly one cell tagged 'parameters'"
+    assert nb["metadata"]["kernelspec"]["name"] == "gfl-kit"
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all(c.get("outputs") for c in code[1:] if "NBVAL_CHECK_OUTPUT" in "".join(c["source"])), (
+        f"{name}: a checked cell was committed without outputs"
+    )
+
+
+@pytest.mark.parametrize("backend", ["lite", "lite-server", "milvus"])
+def test_01_starts_and_stops_every_local_backend(backend: str, tmp_path) -> None:
+    before = {p["pid"] for p in server_processes()}
+    nb = execute("01_start_embedded_milvus.ipynb", tmp_path, BACKEND=backend)
+    text = all_text(nb)
+    assert f"backend: {backend}" in text
+    expected = "v2.3.5-lite" if backend == "milvus" else "milvus_lite-3.2.2"
+    assert f"server version: {expected}" in text
+    assert "server version: v2.3.5-lite" in text  # the article's default_server, second way
+    assert "servers still running: []" in text
+    assert {p["pid"] for p in server_processes()} <= before
+
+
+def test_02_creates_the_article_schema(tmp_path) -> None:
+    nb = execute("02_schema_and_collection.ipynb", tmp_path)
+    text = all_text(nb)
+    assert "vector_embedding FLOAT_VECTOR" in text and "384" in text
+    assert "created again: False" in text
+    assert "name is empty" in text and "has 2 dimensions" in text and "limit is 255 bytes" in text
+
+
+def test_03_builds_hnsw_and_measures_it(tmp_path) -> None:
+    nb = execute("03_hnsw_index.ipynb", tmp_path, CORPUS_SIZE=3000, N_QUERIES=40, EF_VALUES=[8, 64, 256])
+    text = all_text(nb)
+    assert "'index_type': 'HNSW'" in text and "'M': 48" in text
+    assert "LoadState: Loaded" in text
+    assert "HNSW in use: True" in text
+    assert has_image(nb)
