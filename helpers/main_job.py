@@ -77,10 +77,21 @@ def main(argv: list[str] | None = None) -> int:
         prog="./kit.sh run",
         description="Execute the course notebooks headless into a run folder (git-ignored).",
     )
-    parser.add_argument("--only", nargs="*", metavar="PREFIX", help="run only notebooks starting with these prefixes, e.g. 01 03")
-    parser.add_argument("--full", action="store_true", help="use each notebook's own (larger) parameters")
-    parser.add_argument("--run-id", help="name of the run folder under the runs directory (default: a timestamp)")
-    parser.add_argument("--keep-going", action="store_true", help="run the remaining notebooks after a failure")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        metavar="PREFIX",
+        help="run only notebooks starting with these prefixes, e.g. 01 03",
+    )
+    parser.add_argument(
+        "--full", action="store_true", help="use each notebook's own (larger) parameters"
+    )
+    parser.add_argument(
+        "--run-id", help="name of the run folder under the runs directory (default: a timestamp)"
+    )
+    parser.add_argument(
+        "--keep-going", action="store_true", help="run the remaining notebooks after a failure"
+    )
     args = parser.parse_args(argv)
 
     settings = get_settings()
@@ -89,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(exist_ok=True)
     todo = notebooks(args.only)
     print(f"Run folder: {run_dir}")
-    print(f"Backend: {settings.milvus_backend}   notebooks: {len(todo)}   parameters: {'full' if args.full else 'quick'}")
+    print(
+        f"Backend: {settings.milvus_backend}   notebooks: {len(todo)}   parameters: {'full' if args.full else 'quick'}"
+    )
 
     from tqdm.auto import tqdm
 
@@ -107,7 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     bar.close()
 
     summary = [
-        {"notebook": r.notebook, "ok": r.ok, "seconds": round(r.seconds, 1), "output": str(r.output)}
+        {
+            "notebook": r.notebook,
+            "ok": r.ok,
+            "seconds": round(r.seconds, 1),
+            "output": str(r.output),
+        }
         for r in results
     ]
     (run_dir / "main_job.json").write_text(json.dumps(summary, indent=2))

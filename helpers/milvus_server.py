@@ -50,6 +50,10 @@ LOCAL_BACKENDS = ("lite", "lite-server", "milvus")
 PIDFILE = "gfl-server.json"
 _PING_AFTER_S = 20.0  # re-check a client idle for longer than this before handing it out
 _STOP_GRACE_S = 10.0
+# Milvus 2.3.5 standalone with a loaded collection never finishes a SIGTERM shutdown: its
+# coordinators stop within milliseconds, then "Query node stop" retries the stopped rootcoord
+# forever (measured: still running after 120 s). Waiting longer only delays the SIGKILL.
+_CPP_STOP_GRACE_S = 3.0
 
 
 class MilvusServerError(RuntimeError):
@@ -83,6 +87,9 @@ def _free_port() -> int:
 def _port_in_use(port: int) -> bool:
     for host in ("127.0.0.1", "0.0.0.0"):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # Like the servers themselves (gRPC, Go): a port whose last connections sit in
+            # TIME_WAIT after a stop is free; only a live socket on it counts as in use.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((host, port))
             except OSError as exc:
@@ -211,6 +218,8 @@ class MilvusHandle:
             raise MilvusServerError(
                 f"The {self.backend} server was stopped; call start_milvus() again."
             )
+        if not self._alive():
+            raise self._died()
         if time.monotonic() - self._last_ok > _PING_AFTER_S:
             try:
                 self._client.get_server_version(timeout=5)
@@ -219,15 +228,39 @@ class MilvusHandle:
         self._last_ok = time.monotonic()
         return self._client
 
+    def _alive(self) -> bool:
+        """Whether the server process we started (if any) still runs. A killed child stays a
+        zombie until reaped, and ``psutil.pid_exists`` says True for zombies."""
+        if self._proc is not None:
+            return self._proc.poll() is None
+        if self.pid is None:
+            return True
+        try:
+            return psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    def _died(self) -> MilvusServerError:
+        return MilvusServerError(
+            f"The {self.backend} server (pid {self.pid}) is no longer running; "
+            "call start_milvus() again (data already flushed to disk is kept)."
+        )
+
     def _reconnect(self) -> None:
-        if self.pid is not None and not psutil.pid_exists(self.pid):
-            raise MilvusServerError(
-                f"The {self.backend} server (pid {self.pid}) is no longer running; "
-                "call start_milvus() again (data already flushed to disk is kept)."
-            )
+        if not self._alive():
+            raise self._died()
         with contextlib.suppress(Exception):
             self._client.close()  # type: ignore[union-attr]
-        self._client, _ = _connect(self.uri, self._token.reveal())
+        try:
+            self._client, _ = _connect(self.uri, self._token.reveal())
+        except Exception as exc:
+            message = str(exc)
+            if self._token:
+                message = message.replace(self._token.reveal(), "***")
+            raise MilvusServerError(
+                f"The {self.backend} server at {self.uri} does not answer ({message}); "
+                "call start_milvus() again."
+            ) from None
 
     def stop(self, *, force: bool = False) -> None:
         """Release this handle; the server stops when the last user releases it."""
@@ -236,7 +269,8 @@ class MilvusHandle:
         self._refs -= 1
         if self._refs > 0 and not force:
             return
-        _REGISTRY.pop(self._key, None)
+        if _REGISTRY.get(self._key) is self:  # a newer handle may have replaced a dead one
+            _REGISTRY.pop(self._key)
         with contextlib.suppress(Exception):
             self._client.close()
         self._client = None
@@ -323,8 +357,8 @@ def _reuse(key: tuple) -> MilvusHandle | None:
     handle = _REGISTRY.get(key)
     if handle is None:
         return None
-    if handle.pid is not None and not psutil.pid_exists(handle.pid):
-        _REGISTRY.pop(key, None)  # it died; start a new one
+    if not handle._alive():
+        handle.stop(force=True)  # it died: reap it, free default_server and the slot, start anew
         return None
     handle._refs += 1
     return handle
@@ -553,6 +587,15 @@ def _start_cpp_server(
         _REGISTRY[key].stop(force=True)
     if (handle := _reuse(key)) is not None:
         return handle
+    for other in [h for h in _REGISTRY.values() if h.backend == "milvus"]:
+        if not other._alive():
+            other.stop(force=True)
+            continue
+        raise MilvusServerError(
+            f"This process already runs a C++ Milvus server (pid {other.pid}) with data in "
+            f"{other.data_path}; only one can run per machine. Stop it (handle.stop()) before "
+            f"starting one for {base}."
+        )
     if default_server.running:
         raise MilvusServerError(
             "default_server is already running in this process but was not started by "
@@ -654,7 +697,7 @@ def _stop_cpp_server(handle: MilvusHandle) -> None:
     from milvus import default_server
 
     if handle._proc is not None:
-        _terminate(handle._proc)
+        _terminate(handle._proc, grace=_CPP_STOP_GRACE_S)
     default_server.stop()  # closes its log files; the process is already gone
     _release_cpp_slot()
     with contextlib.suppress(OSError):

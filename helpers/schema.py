@@ -80,16 +80,23 @@ def tavern_schema() -> CollectionSchema:
 
 
 def hnsw_index_params(
-    client: MilvusClient, m: int = HNSW_M, ef_construction: int = HNSW_EF_CONSTRUCTION
+    client: MilvusClient,
+    m: int = HNSW_M,
+    ef_construction: int = HNSW_EF_CONSTRUCTION,
+    *,
+    field_name: str = VECTOR_FIELD,
 ) -> Any:
-    """Index params for HNSW over the vector field, in the form every backend honours."""
+    """Index params for HNSW (inner product) in the nested form every backend honours.
+
+    milvus-lite silently ignores the flat ``params={"M": ..}`` form and builds M=16.
+    """
     params = client.prepare_index_params()
     params.add_index(
-        field_name=VECTOR_FIELD,
-        index_name=VECTOR_FIELD,
+        field_name=field_name,
+        index_name=field_name,
         index_type="HNSW",
         metric_type=METRIC,
-        params={"params": {"M": m, "efConstruction": ef_construction}},
+        params={"params": {"M": int(m), "efConstruction": int(ef_construction)}},
     )
     return params
 
@@ -129,17 +136,27 @@ def create_tavern_collection(
     return True
 
 
-def index_info(client: MilvusClient, name: str = COLLECTION) -> dict[str, Any]:
-    """What the server says about the vector index (type, metric, M, efConstruction, rows)."""
+def index_info(
+    client: MilvusClient, name: str = COLLECTION, *, field_name: str = VECTOR_FIELD
+) -> dict[str, Any]:
+    """What the server says it built (type, metric, M, efConstruction, rows), params unpacked.
+
+    milvus-lite reports the nested params as a JSON string, the C++ server as a dict.
+    """
     if not client.list_indexes(name):
         return {}
-    info = dict(client.describe_index(name, index_name=VECTOR_FIELD))
+    info = dict(client.describe_index(name, index_name=field_name) or {})
     nested = info.get("params")
-    if isinstance(nested, str):  # the nested form comes back as a JSON string on some servers
+    if isinstance(nested, str):
         with contextlib.suppress(ValueError):
-            info.update(json.loads(nested))
-    elif isinstance(nested, Mapping):
-        info.update(nested)
+            nested = json.loads(nested)
+    if isinstance(nested, Mapping):
+        for key, value in nested.items():
+            info.setdefault(key, value)
+    for key in ("M", "efConstruction"):
+        if key in info:
+            with contextlib.suppress(TypeError, ValueError):
+                info[key] = int(info[key])
     return info
 
 
@@ -189,7 +206,8 @@ def fit_utf8(text: str, max_bytes: int) -> str:
     if len(text.encode("utf-8")) <= max_bytes:
         return text
     head = text.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
-    ends = [m.end() for m in _SENTENCE_END.finditer(head)]
+    # Sentence ends are found in the whole text: the "2." of a "2.50" cut in half is not one.
+    ends = [m.end() for m in _SENTENCE_END.finditer(text) if m.end() <= len(head)]
     if ends:
         return head[: ends[-1]].rstrip()
     cut = head.rsplit(None, 1)[0] if " " in head else head
@@ -272,3 +290,33 @@ def upsert_rows(
     for start in range(0, len(clean), batch_size):
         client.upsert(name, clean[start : start + batch_size])
     return len(clean)
+
+
+def tavern_rows(frame: Any, vectors: Any, *, source: str) -> list[dict[str, Any]]:
+    """Rows for the collection from a table of taverns (``tavern_id``, ``name``, ``description``,
+    ``location``, ``famous_visitor``) and their embeddings. ``source`` (e.g. ``human``,
+    ``generated``) is part of the id, so a tavern's human and generated texts are two rows."""
+    if len(frame) != len(vectors):
+        raise SchemaError(f"{len(frame)} taverns but {len(vectors)} vectors; embed every row once.")
+    return [
+        {
+            "id": stable_id(source, t.tavern_id),
+            "name": t.name,
+            "description": t.description,
+            "location": t.location,
+            "famous_visitor": t.famous_visitor,
+            VECTOR_FIELD: v,
+        }
+        for t, v in zip(frame.itertuples(), vectors, strict=True)
+    ]
+
+
+def fill_collection(
+    client: MilvusClient, name: str, rows: Sequence[Mapping[str, Any]], *, replace: bool = True
+) -> dict[str, Any]:
+    """Create (or with ``replace``, recreate) a collection holding exactly ``rows``, indexed
+    and loaded, ready to search. Rows are validated before the old collection is dropped."""
+    clean = prepare_rows(rows)
+    create_tavern_collection(client, name, drop_existing=replace)
+    upsert_rows(client, clean, name)
+    return build_hnsw_index(client, name)

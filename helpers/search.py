@@ -108,3 +108,23 @@ def hits_frame(hits: list[dict[str, Any]], text_width: int = 90) -> pd.DataFrame
             row["description"] = text if len(text) <= text_width else text[: text_width - 1] + "…"
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def rank_taverns(
+    client: MilvusClient,
+    queries: pd.DataFrame,
+    name_to_tavern: dict[str, str],
+    *,
+    collection: str = COLLECTION,
+    limit: int = 10,
+    ef: int = DEFAULT_EF,
+) -> dict[str, list[str]]:
+    """For each benchmark query (``query_id``, ``query``), the ranked tavern ids it retrieves."""
+    hits = search_many(
+        client, queries["query"].tolist(), collection=collection, limit=limit, ef=ef,
+        output_fields=["name"],
+    )  # fmt: skip
+    return {
+        qid: [name_to_tavern[h["name"]] for h in hit_list]
+        for qid, hit_list in zip(queries["query_id"], hits, strict=True)
+    }

@@ -50,14 +50,17 @@ def _choice(name: str, default: str, allowed: tuple[str, ...], environ: dict[str
     return value
 
 
-def _int(name: str, default: int, environ: dict[str, str]) -> int:
+def _int(name: str, default: int, environ: dict[str, str], minimum: int = 0) -> int:
     raw = _env(name, str(default), environ)
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise SettingsError(
             f"{name}={raw!r} is not an integer; unset it or give a whole number."
         ) from None
+    if value < minimum:  # numpy's default_rng rejects a negative seed; a timeout must be > 0
+        raise SettingsError(f"{name}={raw!r} is too small; give a whole number >= {minimum}.")
+    return value
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ class Settings:
             claude_model=_env("GFL_CLAUDE_MODEL", DEFAULT_CLAUDE_MODEL, env),
             anthropic_api_key=Secret(_env("ANTHROPIC_API_KEY", "", env)),
             anthropic_base_url=_env("ANTHROPIC_BASE_URL", "", env),
-            server_start_timeout=float(_int("GFL_SERVER_START_TIMEOUT", 60, env)),
+            server_start_timeout=float(_int("GFL_SERVER_START_TIMEOUT", 60, env, minimum=1)),
         )
 
     def replace(self, **changes: object) -> Settings:

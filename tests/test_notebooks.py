@@ -52,7 +52,7 @@ def test_02_creates_the_article_schema(tmp_path) -> None:
 
 
 def test_03_builds_hnsw_and_measures_it(tmp_path) -> None:
-    nb = execute("03_hnsw_index.ipynb", tmp_path, CORPUS_SIZE=3000, N_QUERIES=40, EF_VALUES=[8, 64, 256])
+    nb = execute("03_hnsw_index.ipynb", tmp_path, CORPUS_SIZE=3000, N_QUERIES=40, EF_VALUES=[10, 64, 256])
     text = all_text(nb)
     assert "'index_type': 'HNSW'" in text and "'M': 48" in text
     assert "LoadState: Loaded" in text
