@@ -80,3 +80,18 @@ def summarize_scores(per_query: pd.DataFrame) -> pd.Series:
     """Means over queries; ``rr`` becomes MRR."""
     numeric = per_query.drop(columns=["query_id", "difficulty", "first_relevant_rank"])
     return numeric.mean().rename({"rr": "MRR"})
+
+
+def restrict_queries(queries: pd.DataFrame, tavern_ids: Iterable[str]) -> pd.DataFrame:
+    """Queries judged on a subset of taverns: relevant sets cut to the subset, queries with no
+    relevant tavern left dropped. Lets a small test run score the same way as a full one."""
+    keep = set(tavern_ids)
+    out = queries.copy()
+    out["relevant"] = [tuple(t for t in rel if t in keep) for rel in out["relevant"]]
+    return out[out["relevant"].map(len) > 0].reset_index(drop=True)
+
+
+def generated_share(hit_sources: Sequence[Sequence[str]], k: int) -> float:
+    """Mean over queries of the fraction of the top ``k`` hits whose source is ``generated``."""
+    shares = [sum(s == "generated" for s in sources[:k]) / k for sources in hit_sources if sources]
+    return float(sum(shares) / len(shares)) if shares else float("nan")

@@ -297,6 +297,8 @@ class MilvusHandle:
 
 _REGISTRY: dict[tuple, MilvusHandle] = {}
 _LOCK = threading.RLock()
+# Everything this process started, by registry key: (backend, server pid or None, data path).
+_STARTED: dict[tuple, tuple[str, int | None, str]] = {}
 
 
 def running_handles() -> list[MilvusHandle]:
@@ -390,6 +392,8 @@ def _start_lite(settings: Settings, fresh: bool) -> MilvusHandle:
         raise MilvusServerError(f"Could not open milvus-lite at {db}: {exc}") from exc
     handle = MilvusHandle("lite", str(db), version, data_path=db, _client=client, _key=key)
     _REGISTRY[key] = handle
+    if handle.backend != "remote":
+        _STARTED[key] = (handle.backend, handle.pid, str(handle.data_path))
     return handle
 
 
@@ -466,6 +470,8 @@ def _start_lite_server(
         _client=client, _proc=proc, _key=key,
     )  # fmt: skip
     _REGISTRY[key] = handle
+    if handle.backend != "remote":
+        _STARTED[key] = (handle.backend, handle.pid, str(handle.data_path))
     return handle
 
 
@@ -661,6 +667,8 @@ def _start_cpp_server_claimed(
         "milvus", uri, version, data_path=base, pid=proc.pid, _client=client, _proc=proc, _key=key
     )
     _REGISTRY[key] = handle
+    if handle.backend != "remote":
+        _STARTED[key] = (handle.backend, handle.pid, str(handle.data_path))
     return handle
 
 
@@ -734,6 +742,8 @@ def _connect_remote(settings: Settings) -> MilvusHandle:
         _key=key,
     )
     _REGISTRY[key] = handle
+    if handle.backend != "remote":
+        _STARTED[key] = (handle.backend, handle.pid, str(handle.data_path))
     return handle
 
 
@@ -766,3 +776,23 @@ def server_processes() -> list[dict[str, object]]:
                     }
                 )
     return found
+
+
+def leftover_servers() -> list[dict[str, object]]:
+    """Servers this process started that are still running: empty after a clean stop.
+
+    Unlike :func:`server_processes` this ignores servers other programs run on the machine, so a
+    notebook can show, reproducibly, that it left nothing behind.
+    """
+    from milvus_lite.server_manager import server_manager_instance
+
+    left = []
+    for backend, pid, path in _STARTED.values():
+        if pid is None:  # in-process milvus-lite: running while its server thread is registered
+            if path in server_manager_instance._servers:
+                left.append({"backend": backend, "where": "this process"})
+            continue
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                left.append({"backend": backend, "pid": pid})
+    return left

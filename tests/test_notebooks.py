@@ -39,7 +39,7 @@ def test_01_starts_and_stops_every_local_backend(backend: str, tmp_path) -> None
     expected = "v2.3.5-lite" if backend == "milvus" else "milvus_lite-3.2.2"
     assert f"server version: {expected}" in text
     assert "server version: v2.3.5-lite" in text  # the article's default_server, second way
-    assert "servers still running: []" in text
+    assert "servers this notebook started that are still running: []" in text
     assert {p["pid"] for p in server_processes()} <= before
 
 
@@ -58,3 +58,26 @@ def test_03_builds_hnsw_and_measures_it(tmp_path) -> None:
     assert "LoadState: Loaded" in text
     assert "HNSW in use: True" in text
     assert has_image(nb)
+
+
+def test_04_generates_embeds_and_stores_offline(tmp_path) -> None:
+    nb = execute("04_generate_and_insert.ipynb", tmp_path, N_TAVERNS=3, GENERATOR="local")
+    text = all_text(nb)
+    assert "generator: local SmolLM2-135M-Instruct" in text
+    assert "rows upserted: 3" in text
+    assert "3 descriptions: 3 generated" in text
+    assert "servers this notebook started that are still running: []" in text
+    cache = list((tmp_path / "run" / "generations").glob("local-*.jsonl"))
+    assert len(cache) == 1 and len(cache[0].read_text().splitlines()) == 3
+
+
+def test_05_searches_and_scores_retrieval(tmp_path) -> None:
+    nb = execute("05_semantic_search.ipynb", tmp_path, N_TAVERNS=4, GENERATOR="local")
+    text = all_text(nb)
+    assert "LoadState: Loaded" in text
+    assert "Query 0 is empty" in text and "does not exist" in text and "is not loaded" in text
+    for label in ("human", "generated", "both"):
+        assert f"\n{label} " in text  # a row of the summary table
+    assert "generated texts in the top 3:" in text
+    assert has_image(nb)
+    assert (tmp_path / "run" / "figures" / "retrieval_by_collection.png").stat().st_size > 0
