@@ -50,10 +50,14 @@ LOCAL_BACKENDS = ("lite", "lite-server", "milvus")
 PIDFILE = "gfl-server.json"
 _PING_AFTER_S = 20.0  # re-check a client idle for longer than this before handing it out
 _STOP_GRACE_S = 10.0
-# Milvus 2.3.5 standalone with a loaded collection never finishes a SIGTERM shutdown: its
+# Milvus 2.3.5 standalone with a collection never finishes a SIGTERM shutdown by itself: its
 # coordinators stop within milliseconds, then "Query node stop" retries the stopped rootcoord
-# forever (measured: still running after 120 s). Waiting longer only delays the SIGKILL.
-_CPP_STOP_GRACE_S = 3.0
+# until common.gracefulStopTimeout (1800 s in the wheel's config). Killed from outside instead,
+# it leaves its etcd sessions behind and the next start waits ~45 s for them to expire
+# (measured). So the server is told to force-quit itself after a short graceful stop (restart
+# then takes the usual ~9 s), and SIGKILL stays only as the backstop.
+_CPP_GRACEFUL_STOP_S = 3
+_CPP_STOP_GRACE_S = _CPP_GRACEFUL_STOP_S + 5.0
 
 
 class MilvusServerError(RuntimeError):
@@ -186,8 +190,21 @@ def _is_orphan_of_ours(proc: psutil.Process, data_dir: Path) -> bool:
     return not (owner and psutil.pid_exists(owner) and owner != proc.pid)
 
 
-def _connect(uri: str, token: str = "", timeout: float = 10.0) -> tuple[MilvusClient, str]:
-    client = MilvusClient(uri=uri, token=token, timeout=timeout)
+# pymilvus pings every 10 s even while idle; milvus-lite's gRPC server counts those as abuse and,
+# after a few minutes without calls (a long notebook cell), answers GOAWAY "too_many_pings" and
+# logs errors into the notebook (the root of milvus-lite #334). A local server needs no
+# keepalive while idle, so local clients ping only during calls, and rarely.
+_LOCAL_GRPC_OPTIONS = {
+    "grpc.keepalive_time_ms": 300_000,
+    "grpc.keepalive_permit_without_calls": False,
+}
+
+
+def _connect(
+    uri: str, token: str = "", timeout: float = 10.0, *, local: bool = True
+) -> tuple[MilvusClient, str]:
+    options = {"grpc_options": dict(_LOCAL_GRPC_OPTIONS)} if local else {}
+    client = MilvusClient(uri=uri, token=token, timeout=timeout, **options)
     return client, client.get_server_version()
 
 
@@ -252,7 +269,9 @@ class MilvusHandle:
         with contextlib.suppress(Exception):
             self._client.close()  # type: ignore[union-attr]
         try:
-            self._client, _ = _connect(self.uri, self._token.reveal())
+            self._client, _ = _connect(
+                self.uri, self._token.reveal(), local=self.backend != "remote"
+            )
         except Exception as exc:
             message = str(exc)
             if self._token:
@@ -420,7 +439,8 @@ def _start_lite_server(
     if fresh and key in _REGISTRY:
         _REGISTRY[key].stop(force=True)
     if (handle := _reuse(key)) is not None:
-        if port is not None and f":{port}" not in handle.uri:
+        if port is not None and not handle.uri.endswith(f":{port}"):
+            handle._refs -= 1  # not handed out: a refused start must not keep the server alive
             raise MilvusServerError(
                 f"A lite server for {data_dir} is already running here on {handle.uri}; "
                 f"stop it before asking for port {port}."
@@ -645,6 +665,7 @@ def _start_cpp_server_claimed(
     if port is not None:
         default_server.listen_port = port
     default_server.wait_for_started = False  # we wait ourselves, watching for an early exit
+    default_server.config.set("common.gracefulStopTimeout", _CPP_GRACEFUL_STOP_S)
     base.mkdir(parents=True, exist_ok=True)
     try:
         with _children_die_with_parent(milvus):
@@ -724,7 +745,7 @@ def _connect_remote(settings: Settings) -> MilvusHandle:
     if (handle := _reuse(key)) is not None:
         return handle
     try:
-        client, version = _connect(settings.milvus_uri, settings.milvus_token.reveal())
+        client, version = _connect(settings.milvus_uri, settings.milvus_token.reveal(), local=False)
     except Exception as exc:
         message = str(exc)
         if settings.milvus_token:
