@@ -19,7 +19,7 @@ GENERATORS = ("auto", "claude", "local")
 
 # The article's claude-3-opus-20240229 is retired; this is a current model and can be
 # overridden with GFL_CLAUDE_MODEL without touching code.
-DEFAULT_CLAUDE_MODEL = "claude-sonnet-4-5"
+DEFAULT_CLAUDE_MODEL = "claude-sonnet-5-5"
 
 
 class SettingsError(ValueError):

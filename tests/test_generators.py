@@ -507,3 +507,13 @@ def test_local_prompt_too_long(local: LocalGenerator) -> None:
 def test_local_seed_must_be_usable(local: LocalGenerator) -> None:
     with pytest.raises(ValueError, match="seed"):
         local.generate("x", max_tokens=5, temperature=0.0, seed=-1)
+
+
+def test_default_claude_model_is_known_to_the_sdk_and_not_deprecated() -> None:
+    from anthropic._data import DEPRECATED_MODELS
+    from anthropic.types import model_param
+
+    from helpers.settings import DEFAULT_CLAUDE_MODEL
+
+    assert DEFAULT_CLAUDE_MODEL not in DEPRECATED_MODELS
+    assert DEFAULT_CLAUDE_MODEL in str(model_param.ModelParam)

@@ -40,7 +40,9 @@ def test_two_texts_of_one_tavern_count_once_at_their_best_rank() -> None:
 
 
 def test_restrict_queries_and_generated_share() -> None:
-    queries = pd.DataFrame({"query_id": ["q1", "q2"], "relevant": [("a", "b"), ("c",)], "difficulty": ["e", "e"]})
+    queries = pd.DataFrame(
+        {"query_id": ["q1", "q2"], "relevant": [("a", "b"), ("c",)], "difficulty": ["e", "e"]}
+    )
     cut = metrics.restrict_queries(queries, ["a"])
     assert list(cut["query_id"]) == ["q1"] and cut.loc[0, "relevant"] == ("a",)
     assert metrics.generated_share([["generated", "human"], ["human", "human"]], k=2) == 0.25
@@ -52,17 +54,25 @@ def small_collection(tmp_path_factory):
 
     settings = get_settings(run_dir=tmp_path_factory.mktemp("search"))
     taverns = load_taverns(settings=settings).head(6)
-    rows = schema.tavern_rows(taverns, encode_documents(taverns["description"].tolist()), source="human")
+    rows = schema.tavern_rows(
+        taverns, encode_documents(taverns["description"].tolist()), source="human"
+    )
     with start_milvus(settings, backend="lite") as milvus:
         schema.fill_collection(milvus.client, "taverns_small", rows)
         yield milvus.client, taverns
 
 
 def test_search_finds_the_inn_a_query_describes(small_collection) -> None:
-    client, taverns = small_collection
-    hits = search_taverns(client, "the inn at Stock with the best beer in the Eastfarthing", collection="taverns_small")
+    client, _ = small_collection
+    hits = search_taverns(
+        client,
+        "the inn at Stock with the best beer in the Eastfarthing",
+        collection="taverns_small",
+    )
     assert hits[0]["name"] == "The Golden Perch"
-    assert hits[0]["similarity"] >= hits[1]["similarity"] >= hits[2]["similarity"]  # IP: higher is closer
+    assert (
+        hits[0]["similarity"] >= hits[1]["similarity"] >= hits[2]["similarity"]
+    )  # IP: higher is closer
     table = hits_frame(hits)
     assert list(table["rank"]) == [1, 2, 3] and "similarity" in table
 
@@ -70,7 +80,13 @@ def test_search_finds_the_inn_a_query_describes(small_collection) -> None:
 def test_rank_taverns_maps_hits_to_tavern_ids(small_collection) -> None:
     client, taverns = small_collection
     queries = pd.DataFrame({"query_id": ["q"], "query": ["Sam Gamgee argues with Ted Sandyman"]})
-    ranking = rank_taverns(client, queries, dict(zip(taverns["name"], taverns["tavern_id"])), collection="taverns_small", limit=4)
+    ranking = rank_taverns(
+        client,
+        queries,
+        dict(zip(taverns["name"], taverns["tavern_id"], strict=True)),
+        collection="taverns_small",
+        limit=4,
+    )
     assert "green-dragon" in ranking["q"][:2] and len(ranking["q"]) == 4
 
 
@@ -87,7 +103,7 @@ def test_missing_and_unloaded_collections_get_clear_errors(small_collection) -> 
         search_many(client, ["an inn"], collection="no_such_collection")
     client.release_collection("taverns_small")
     try:
-        with pytest.raises(SearchError, match="not loaded.*load_collection"):
+        with pytest.raises(SearchError, match=r"not loaded.*load_collection"):
             search_many(client, ["an inn"], collection="taverns_small")
     finally:
         client.load_collection("taverns_small")
