@@ -38,7 +38,9 @@ def test_every_requirement_is_pinned_and_torch_is_the_cpu_pin() -> None:
     assert pins["torch"] == "2.13.0", "an unpinned torch pulls a multi-GB CUDA build (FACTS)"
     direct = _pins((ROOT / "requirements.in").read_text().splitlines())
     for name, version in direct.items():
-        assert pins.get(name) == version, f"requirements.in pins {name}=={version}, the lock has {pins.get(name)}"
+        assert pins.get(name) == version, (
+            f"requirements.in pins {name}=={version}, the lock has {pins.get(name)}"
+        )
 
 
 def test_environment_yml_lists_the_same_pins_as_requirements() -> None:

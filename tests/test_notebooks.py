@@ -25,9 +25,9 @@ def test_notebook_has_one_parameters_cell_and_the_kit_kernel(name: str) -> None:
     assert len(tagged) == 1, f"{name}: papermill needs exactly one cell tagged 'parameters'"
     assert nb["metadata"]["kernelspec"]["name"] == "gfl-kit"
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
-    assert all(c.get("outputs") for c in code[1:] if "NBVAL_CHECK_OUTPUT" in "".join(c["source"])), (
-        f"{name}: a checked cell was committed without outputs"
-    )
+    assert all(
+        c.get("outputs") for c in code[1:] if "NBVAL_CHECK_OUTPUT" in "".join(c["source"])
+    ), f"{name}: a checked cell was committed without outputs"
 
 
 @pytest.mark.parametrize("backend", ["lite", "lite-server", "milvus"])
@@ -52,7 +52,9 @@ def test_02_creates_the_article_schema(tmp_path) -> None:
 
 
 def test_03_builds_hnsw_and_measures_it(tmp_path) -> None:
-    nb = execute("03_hnsw_index.ipynb", tmp_path, CORPUS_SIZE=3000, N_QUERIES=40, EF_VALUES=[10, 64, 256])
+    nb = execute(
+        "03_hnsw_index.ipynb", tmp_path, CORPUS_SIZE=3000, N_QUERIES=40, EF_VALUES=[10, 64, 256]
+    )
     text = all_text(nb)
     assert "'index_type': 'HNSW'" in text and "'M': 48" in text
     assert "LoadState: Loaded" in text
