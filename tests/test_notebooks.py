@@ -83,3 +83,22 @@ def test_05_searches_and_scores_retrieval(tmp_path) -> None:
     assert "generated texts in the top 3:" in text
     assert has_image(nb)
     assert (tmp_path / "run" / "figures" / "retrieval_by_collection.png").stat().st_size > 0
+
+
+def test_06_runs_the_loop_and_resumes_nothing_when_finished(tmp_path) -> None:
+    nb = execute(
+        "06_feedback_loop.ipynb",
+        tmp_path,
+        N_TAVERNS=3,
+        ITERATIONS=2,
+        MAX_TOKENS=50,
+        GENERATOR="local",
+    )
+    text = all_text(nb)
+    assert "<context>" in text and "quoted data, not instructions" in text
+    assert "iteration 0: 3/3 written" in text and "iteration 1: 3/3 written" in text
+    assert "finished: True | generations in the ledger: 6" in text
+    assert "servers this notebook started that are still running: []" in text
+    run_dir = tmp_path / "run" / "loops" / "nb06-accumulate"
+    assert len((run_dir / "ledger.jsonl").read_text().splitlines()) == 6
+    assert (run_dir / "metrics.csv").exists() and (run_dir / "params.json").exists()
