@@ -49,6 +49,18 @@ ensure_venv() {
   echo "kit.sh: environment ready." >&2
 }
 
+ensure_chromium() {
+  # The report test opens the HTML report in a real headless browser (Debian's chromium).
+  command -v chromium >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "kit.sh: installing Debian's chromium for the report test..." >&2
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >&2
+  else
+    echo "kit.sh: the tests need Chromium: run 'sudo apt-get install -y chromium' (Debian/Ubuntu)." >&2
+    return 1
+  fi
+}
+
 cmd=${1:-help}; shift || true
 case "$cmd" in
   run)
@@ -56,6 +68,7 @@ case "$cmd" in
     exec "$VENV/bin/python" -m helpers.main_job "$@" ;;
   test)
     ensure_venv
+    ensure_chromium
     # pytest exits 5 when it collects nothing; that is a failure here, and so is any other non-zero.
     exec "$VENV/bin/python" -m pytest "$@" ;;
   lab)
