@@ -102,3 +102,12 @@ def test_06_runs_the_loop_and_resumes_nothing_when_finished(tmp_path) -> None:
     run_dir = tmp_path / "run" / "loops" / "nb06-accumulate"
     assert len((run_dir / "ledger.jsonl").read_text().splitlines()) == 6
     assert (run_dir / "metrics.csv").exists() and (run_dir / "params.json").exists()
+
+
+def test_errata_exist_and_are_linked_from_the_readme_and_notebooks_02_to_05() -> None:
+    errata = NOTEBOOK_DIR.parent / "docs" / "article-errata.md"
+    assert errata.exists() and "nprobe" in errata.read_text()
+    assert "docs/article-errata.md" in (NOTEBOOK_DIR.parent / "README.md").read_text()
+    for name in NOTEBOOKS:
+        if name[:2] in {"02", "03", "04", "05"}:
+            assert "../docs/article-errata.md" in (NOTEBOOK_DIR / name).read_text(), name
