@@ -1,4 +1,5 @@
-"""The main job: execute every course notebook headless with papermill into a run folder.
+"""The main job: execute every course notebook headless with papermill into a run folder,
+then render its HTML report (:mod:`helpers.report`): ``<run folder>/index.html``.
 
 ``./kit.sh run`` calls ``python -m helpers.main_job``. Each notebook gets the run folder as a
 parameter so its Milvus data, caches and figures land there, never in the repository.
@@ -131,11 +132,29 @@ def main(argv: list[str] | None = None) -> int:
     (run_dir / "main_job.json").write_text(json.dumps(summary, indent=2))
     failed = [r for r in results if not r.ok]
     print(f"\nExecuted notebooks: {out_dir}")
+    report_ok = write_report(run_dir)  # after a failure too: the report shows where it stopped
     if failed:
         for r in failed:
             print(f"\n{r.notebook} failed:\n{r.error[-3000:]}", file=sys.stderr)
         return 1
-    return 0
+    return 0 if report_ok else 1
+
+
+def write_report(run_dir: Path) -> bool:
+    """Render the HTML report of the run (helpers.report) and print where it is."""
+    from helpers.report import render_report
+
+    print("Rendering the HTML report ...", flush=True)
+    start = time.perf_counter()
+    try:
+        index = render_report(run_dir)
+    except Exception as exc:  # the notebooks ran; say why the report did not, do not hide it
+        print(
+            f"The HTML report could not be rendered: {type(exc).__name__}: {exc}", file=sys.stderr
+        )
+        return False
+    print(f"Report ({time.perf_counter() - start:.1f} s): {index}")
+    return True
 
 
 if __name__ == "__main__":
