@@ -29,6 +29,12 @@ wanted_stamp() {
   cat requirements.txt requirements-nodeps.txt pyproject.toml | sha256sum | cut -d' ' -f1
 }
 
+pip_quiet() {
+  # pip, minus the warnings some machines' pip configs print for every package (unreachable
+  # extra indexes); pip's own exit status is kept (pipefail).
+  "$VENV/bin/python" -m pip "$@" --quiet 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; } >&2
+}
+
 ensure_venv() {
   local want; want=$(wanted_stamp)
   if [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
@@ -37,10 +43,10 @@ ensure_venv() {
   local py; py=$(find_python)
   echo "kit.sh: installing the pinned environment into $VENV (first run takes about 2-3 minutes)..." >&2
   [ -x "$VENV/bin/python" ] || "$py" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install --quiet --upgrade "pip>=24" >&2
-  "$VENV/bin/python" -m pip install --quiet -r requirements.txt >&2
-  "$VENV/bin/python" -m pip install --quiet --no-deps -r requirements-nodeps.txt >&2
-  "$VENV/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e . >&2
+  pip_quiet install --upgrade "pip>=24"
+  pip_quiet install -r requirements.txt
+  pip_quiet install --no-deps -r requirements-nodeps.txt
+  pip_quiet install --no-deps --no-build-isolation -e .
   # Register the venv's kernel under its own name so papermill and JupyterLab never pick
   # another Python (papermill NoSuchKernel, FACTS).
   "$VENV/bin/python" -m ipykernel install --sys-prefix --name "$KERNEL_NAME" \

@@ -595,11 +595,11 @@ class LocalGenerator:
 
     The model is loaded once per process (cached by path, context size and threads) and
     shared by every LocalGenerator. Same prompt + seed + settings give the same text, also in
-    another process: the thread count is fixed (1 by default) because llama.cpp's float sums,
-    and so its text, change with it, and the prompt cache is off because a cached prefix is
-    computed in different batches. One thread is also the fastest on a busy two-core machine
-    (about 4-5 s per description, against 3 s with two idle cores and 15-70 s with two
-    contended ones).
+    another process: the thread count is fixed (2 by default, whatever the machine has)
+    because llama.cpp's float sums, and so its text, change with it, and the prompt cache is off
+    because a cached prefix is computed in different batches. Measured on two cores with
+    busy-waiting off: about 3 s per 230-token description with 2 threads, 5.3 s with 1 (pass
+    ``n_threads=1`` on a machine whose cores are busy with other work).
 
     ``repeat_penalty`` (llama.cpp default 1.0) is 1.15 here: at temperature 0 this small model
     otherwise falls into loops ("a place to hide and hide. The tavern was a place ...").
@@ -612,7 +612,7 @@ class LocalGenerator:
         model_path: Path | str | None = None,
         *,
         n_ctx: int = 4096,
-        n_threads: int = 1,
+        n_threads: int = 2,
         repeat_penalty: float = 1.15,
         cache_prompt: bool = False,
         description_max_tokens: int = LOCAL_DESCRIPTION_MAX_TOKENS,

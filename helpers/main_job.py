@@ -22,9 +22,7 @@ KERNEL_NAME = "gfl-kit"
 
 # Parameters for a run that finishes in a few minutes on 2 cores. `--full` drops these
 # overrides so every notebook runs with the values in its own parameters cell.
-QUICK_PARAMETERS: dict[str, dict[str, object]] = {
-    "03_hnsw_index.ipynb": {"CORPUS_SIZE": 10_000, "N_QUERIES": 100},
-}
+QUICK_PARAMETERS: dict[str, dict[str, object]] = {}
 
 
 @dataclass

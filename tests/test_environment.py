@@ -75,3 +75,25 @@ def test_the_kit_kernel_runs_this_venv_python() -> None:
     assert "gfl-kit" in specs, "run ./kit.sh to register the kit's kernel"
     argv0 = specs["gfl-kit"]["spec"]["argv"][0]
     assert Path(argv0).resolve() == Path(sys.executable).resolve()
+
+
+def test_kit_does_not_reinstall_a_current_venv() -> None:
+    if not (ROOT / ".venv" / ".kit-stamp").exists():
+        import pytest
+
+        pytest.skip("not running from the kit's own .venv")
+    out = subprocess.run(
+        ["bash", str(ROOT / "kit.sh"), "venv"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "installing" not in out.stderr, out.stderr
+
+
+def test_kit_rejects_an_unknown_command() -> None:
+    out = subprocess.run(
+        ["bash", str(ROOT / "kit.sh"), "frobnicate"], capture_output=True, text=True
+    )
+    assert out.returncode == 2 and "unknown command" in out.stderr
