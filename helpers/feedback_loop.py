@@ -1567,44 +1567,26 @@ def list_runs(settings: Settings | None = None) -> list[str]:
 # Command line
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive whole number (>= 1)")
-    return value
+def _number(kind: type, low: float, high: float | None, what: str) -> Callable[[str], Any]:
+    """An argparse converter: ``kind`` (int or float) within [low, high], with a clear error."""
+
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            noun = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{value:g} is not {what}")
+        return value
+
+    return convert
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative; give 0 or more")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{value:g} is not between 0 and 1 (e.g. 1.0, 0.5, 0)")
-    return value
-
-
-def _temperature(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 2.0:
-        raise argparse.ArgumentTypeError(f"{value:g} is not between 0 and 2")
-    return value
+_positive_int = _number(int, 1, None, "a positive whole number (>= 1)")
+_non_negative_int = _number(int, 0, None, "0 or more")
+_fraction = _number(float, 0.0, 1.0, "between 0 and 1 (e.g. 1.0, 0.5, 0)")
+_temperature = _number(float, 0.0, 2.0, "between 0 and 2")
 
 
 def _tavern_list(text: str) -> tuple[str, ...]:
