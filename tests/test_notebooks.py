@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import nbformat
 import pytest
 
 from helpers.main_job import NOTEBOOK_DIR
@@ -23,6 +24,19 @@ def test_notebook_has_one_parameters_cell_and_the_kit_kernel(name: str) -> None:
     nb = json.loads((NOTEBOOK_DIR / name).read_text())
     tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(tagged) == 1, f"{name}: papermill needs exactly one cell tagged 'parameters'"
+    # Every assignment must be one papermill can read (it silently skips lines it cannot parse).
+    from papermill.translators import PythonTranslator
+
+    assigned = [
+        line.split(":")[0].split("=")[0].strip()
+        for line in "".join(tagged[0]["source"]).splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    cell = nbformat.v4.new_code_cell("".join(tagged[0]["source"]))
+    inferred = [p.name for p in PythonTranslator.inspect(cell)]
+    assert inferred == assigned, (
+        f"{name}: papermill cannot read some parameters: {set(assigned) - set(inferred)}"
+    )
     assert nb["metadata"]["kernelspec"]["name"] == "gfl-kit"
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     assert all(
