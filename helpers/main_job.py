@@ -20,9 +20,29 @@ from helpers.settings import REPO_ROOT, Settings, get_settings
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 KERNEL_NAME = "gfl-kit"
 
-# Parameters for a run that finishes in a few minutes on 2 cores. `--full` drops these
-# overrides so every notebook runs with the values in its own parameters cell.
-QUICK_PARAMETERS: dict[str, dict[str, object]] = {}
+# The default run finishes in a few minutes on 2 cores (docs/benchmarks.md): smaller versions
+# of the notebooks whose own parameters take longest. Notebook 06's loop is read again by 07,
+# so both get the same loop values.
+_QUICK_LOOP = {"N_TAVERNS": 6, "MAX_TOKENS": 80}
+QUICK_PARAMETERS: dict[str, dict[str, object]] = {
+    "03_hnsw_index.ipynb": {"CORPUS_SIZE": 3000, "N_QUERIES": 50},
+    "04_generate_and_insert.ipynb": {"N_TAVERNS": 12},
+    "05_semantic_search.ipynb": {"N_TAVERNS": 12},
+    "06_feedback_loop.ipynb": _QUICK_LOOP,
+    "07_drift_and_distance.ipynb": _QUICK_LOOP,
+}
+# `--full`: every notebook with the values of its own parameters cell, except notebook 08,
+# whose own values are a small sweep (it is re-executed by the tests): the full experiment
+# has 6 iterations over 6 taverns.
+FULL_PARAMETERS: dict[str, dict[str, object]] = {
+    "08_loop_policy_experiments.ipynb": {"ITERATIONS": 6, "N_TAVERNS": 6, "MAX_TOKENS": 60,
+                                         "CONTEXT_CHARS": 400},
+}  # fmt: skip
+
+
+def parameters_for(notebook: str, full: bool) -> dict[str, object]:
+    """The papermill parameters the main job gives a notebook (besides RUN_DIR)."""
+    return dict((FULL_PARAMETERS if full else QUICK_PARAMETERS).get(notebook, {}))
 
 
 @dataclass
@@ -83,7 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         help="run only notebooks starting with these prefixes, e.g. 01 03",
     )
     parser.add_argument(
-        "--full", action="store_true", help="use each notebook's own (larger) parameters"
+        "--full",
+        action="store_true",
+        help="the full experiment: each notebook's own (larger) parameters, and notebook 08's "
+        "sweep with 6 iterations over 6 taverns (about 20 minutes more)",
     )
     parser.add_argument(
         "--run-id", help="name of the run folder under the runs directory (default: a timestamp)"
@@ -109,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     bar = tqdm(todo, unit="notebook", file=sys.stdout, dynamic_ncols=True)
     for nb in bar:
         bar.set_description(nb.stem)
-        extra = {} if args.full else QUICK_PARAMETERS.get(nb.name, {})
+        extra = parameters_for(nb.name, args.full)
         result = run_notebook(nb, out_dir, run_dir, extra)
         results.append(result)
         status = "ok" if result.ok else "FAILED"

@@ -510,3 +510,61 @@ def plot_umap(
     ax.grid(alpha=0.2)
     _save(fig, out_dir, name)
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Policy sweep figures (notebook 08). Input: helpers.experiments.seed_summary(table).
+
+POLICY_COLORS = {"accumulate": OKABE_ITO[0], "replace": OKABE_ITO[3], "gated": OKABE_ITO[2]}
+POLICY_MARKERS = {"accumulate": "o", "replace": "s", "gated": "^"}
+
+
+def plot_policy_sweep(
+    summary: pd.DataFrame,
+    metric: str,
+    *,
+    ylabel: str,
+    title: str | None = None,
+    out_dir: Path | None = None,
+    name: str | None = None,
+) -> Figure:
+    """One panel per ``human_fraction`` (share of the taverns whose human text is stored), one
+    line per policy: the mean over seeds, with a band from the lowest to the highest seed.
+    ``summary``: :func:`helpers.experiments.seed_summary`; ``metric``: one of its metrics
+    (``dispersion``, ``drift_reference_median``, ``generated_share``, ...).
+
+    What to look for: lines that part as the iterations go on (the policy matters) and bands
+    that do not overlap (the difference is larger than the seed-to-seed noise).
+    """
+    import matplotlib.pyplot as plt
+
+    need = ["policy", "human_fraction", "iteration", f"{metric}_mean", f"{metric}_min",
+            f"{metric}_max", "seeds"]  # fmt: skip
+    _need_columns(summary, need, "helpers.experiments.seed_summary(table)")
+    data = summary[summary[f"{metric}_mean"].notna()]
+    if not len(data):
+        raise ValueError(f"{metric} has no values in this sweep: nothing to plot.")
+    fractions = sorted(data["human_fraction"].unique(), reverse=True)
+    fig, axes = plt.subplots(
+        1, len(fractions), figsize=(FIGSIZE[0], 3.8), sharey=True, constrained_layout=True,
+        squeeze=False,
+    )  # fmt: skip
+    for ax, fraction in zip(axes[0], fractions, strict=True):
+        part = data[data["human_fraction"] == fraction]
+        for i, (policy, g) in enumerate(part.groupby("policy", sort=True)):
+            g = g.sort_values("iteration")
+            color = POLICY_COLORS.get(policy, OKABE_ITO[(i + 4) % len(OKABE_ITO)])
+            ax.plot(g["iteration"], g[f"{metric}_mean"], marker=POLICY_MARKERS.get(policy, "o"),
+                    color=color, label=f"{policy} (n={int(g['seeds'].max())} seeds)")  # fmt: skip
+            ax.fill_between(g["iteration"], g[f"{metric}_min"], g[f"{metric}_max"], color=color,
+                            alpha=0.15, linewidth=0)  # fmt: skip
+        ax.set_title(f"human texts kept: {fraction:.0%}", fontsize=10)
+        below = part["iteration"].min() < 0
+        _iteration_axis(ax, "iteration (−1 = before the loop)" if below else "iteration")
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(
+        title or f"{metric} per iteration by policy (line: mean over seeds; band: min–max)"
+    )
+    _save(fig, out_dir, name or f"sweep_{metric.replace('@', '_at_')}")
+    return fig

@@ -6,13 +6,18 @@
 from __future__ import annotations
 
 import json
+import shutil
+from urllib.parse import unquote
 
 import nbformat
+import pandas as pd
 import pytest
 
-from helpers.main_job import NOTEBOOK_DIR
+from helpers.main_job import NOTEBOOK_DIR, parameters_for
 from helpers.milvus_server import server_processes
+from helpers.report import render_report
 from tests.notebook_runner import all_text, execute, has_image
+from tests.test_report import assert_report_resolves
 
 pytestmark = pytest.mark.slow
 
@@ -38,6 +43,10 @@ def test_notebook_has_one_parameters_cell_and_the_kit_kernel(name: str) -> None:
         f"{name}: papermill cannot read some parameters: {set(assigned) - set(inferred)}"
     )
     assert nb["metadata"]["kernelspec"]["name"] == "gfl-kit"
+    # the main job's quick and full values must name parameters this notebook has
+    for full in (False, True):
+        unknown = set(parameters_for(name, full)) - set(inferred)
+        assert not unknown, f"helpers/main_job.py gives {name} unknown parameters {unknown}"
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     assert all(
         c.get("outputs") for c in code[1:] if "NBVAL_CHECK_OUTPUT" in "".join(c["source"])
@@ -164,3 +173,39 @@ def test_07_measures_a_run_it_makes_when_none_exists(tmp_path) -> None:
     assert {"drift_per_iteration.png", "dispersion_per_iteration.png", "umap_trajectories.png",
             "retrieval_per_iteration.png", "source_share_per_iteration.png"} <= figures  # fmt: skip
     assert "servers this notebook started that are still running: []" in text
+
+
+def test_08_sweeps_policies_and_checks_the_literature(tmp_path) -> None:
+    nb = execute(
+        "08_loop_policy_experiments.ipynb", tmp_path, SEEDS=[1, 2], HUMAN_FRACTIONS=[1.0, 0.0],
+        ITERATIONS=3, N_TAVERNS=2, MAX_TOKENS=12, GENERATOR="local",
+    )  # fmt: skip
+    text = all_text(nb)
+    assert "12 runs x 3 iterations x 2 taverns" in text
+    run = tmp_path / "run"
+    table = pd.read_csv(run / "experiments.csv")
+    # 12 runs, each with the store before the loop (-1) and 3 iterations
+    assert table.groupby("run_id")["iteration"].apply(lambda s: sorted(s) == [-1, 0, 1, 2]).all()
+    assert table["run_id"].nunique() == 12 and set(table["seed"]) == {1, 2}
+    checks = pd.read_csv(run / "experiments_literature_checks.csv")
+    assert {"Shumailov", "Gerstgrasser", "Chen"} <= {s.split()[0] for s in checks["study"]}
+    assert (
+        checks["verdict"].str.match(r"(reproduced|opposite|mixed|no change|not measurable)").all()
+    )
+    # hf 0.5 is not in this grid: the claim that needs it says so instead of inventing a number
+    assert "not measurable" in set(checks["verdict"])
+    assert (run / "experiments_by_policy.csv").is_file()
+    assert {f"sweep_{m}.png" for m in ("dispersion", "generated_share", "human_rank")} <= {
+        p.name for p in (run / "figures").glob("*.png")
+    }
+    assert "answered from earlier runs" in text
+    assert "servers this notebook started that are still running: []" in text
+    # what the main job does next: the report shows the tables and every figure, none broken
+    (run / "notebooks").mkdir()
+    shutil.copy(tmp_path / "08_loop_policy_experiments.ipynb", run / "notebooks")
+    page = assert_report_resolves(render_report(run), tmp_path / "profile")
+    linked = {unquote(h) for h in page.hrefs}
+    assert {"experiments.csv", "experiments_literature_checks.csv"} <= linked
+    assert {f"figures/sweep_{m}.png" for m in ("dispersion", "human_rank")} <= {
+        unquote(s) for s in page.srcs
+    }

@@ -12,8 +12,10 @@ import base64
 import html
 import io
 import json
+import os
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -288,3 +290,34 @@ def test_only_local_images_inside_the_allowed_roots_are_embedded(tmp_path: Path)
         "data:image/png;base64,AAAA",
         "missing.png",
     ]
+
+
+def assert_report_resolves(index: Path, profile: Path) -> Links:
+    """Every link and image of a real report resolves on disk, and Chromium shows every image
+    of the index and of each notebook page (none broken). Returns the index's links."""
+    run = index.parent
+    page = Links()
+    page.feed(index.read_text(encoding="utf-8"))
+    for link in page.hrefs + page.srcs:
+        parsed = urlparse(link)
+        assert not parsed.scheme and (run / unquote(parsed.path)).is_file(), f"broken {link}"
+    check = image_check(index, profile)
+    assert check["images"] == len(page.srcs) and check["broken"] == [], check["broken"]
+    for notebook_page in (run / "report").glob("*.html"):
+        inner = image_check(notebook_page, profile)
+        assert inner["broken"] == [], (notebook_page.name, inner["broken"])
+    return page
+
+
+def test_the_real_main_job_leaves_a_report_that_chromium_shows(tmp_path: Path) -> None:
+    """The README's main command itself (one cheap notebook), not a hand-made run folder."""
+    env = {**os.environ, "GFL_RUN_DIR": str(tmp_path / "runs")}
+    result = subprocess.run(
+        [sys.executable, "-m", "helpers.main_job", "--only", "02", "--run-id", "real"],
+        capture_output=True, text=True, env=env, timeout=600, cwd=main_job.REPO_ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    index = tmp_path / "runs" / "real" / "index.html"
+    assert "Report (" in result.stdout and str(index) in result.stdout
+    page = assert_report_resolves(index, tmp_path / "profile")
+    assert "report/02_schema_and_collection.html" in {unquote(h) for h in page.hrefs}
