@@ -23,11 +23,11 @@ KERNEL_NAME = "gfl-kit"
 # The default run finishes in a few minutes on 2 cores (docs/benchmarks.md): smaller versions
 # of the notebooks whose own parameters take longest. Notebook 06's loop is read again by 07,
 # so both get the same loop values.
-_QUICK_LOOP = {"N_TAVERNS": 6, "MAX_TOKENS": 80}
+_QUICK_LOOP = {"N_TAVERNS": 4, "MAX_TOKENS": 60}
 QUICK_PARAMETERS: dict[str, dict[str, object]] = {
-    "03_hnsw_index.ipynb": {"CORPUS_SIZE": 3000, "N_QUERIES": 50},
-    "04_generate_and_insert.ipynb": {"N_TAVERNS": 12},
-    "05_semantic_search.ipynb": {"N_TAVERNS": 12},
+    "03_hnsw_index.ipynb": {"CORPUS_SIZE": 2000, "N_QUERIES": 50},
+    "04_generate_and_insert.ipynb": {"N_TAVERNS": 8},
+    "05_semantic_search.ipynb": {"N_TAVERNS": 8},
     "06_feedback_loop.ipynb": _QUICK_LOOP,
     "07_drift_and_distance.ipynb": _QUICK_LOOP,
 }
