@@ -5,6 +5,8 @@
 #   ./kit.sh run     run the main job: every notebook headless into runs/<run id>/
 #   ./kit.sh test    run the test suite (what CI runs)
 #   ./kit.sh lab     open JupyterLab on notebooks/
+#   ./kit.sh bench   run the benchmarks (speed, memory, search) into runs/bench/<time>/;
+#                    ./kit.sh bench --help lists them, --quick is a smoke-size run
 #   ./kit.sh lock    re-resolve requirements.in into requirements.txt (maintainers only)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -80,6 +82,9 @@ case "$cmd" in
   lab)
     ensure_venv
     exec "$VENV/bin/jupyter" lab --notebook-dir=notebooks "$@" ;;
+  bench)
+    ensure_venv
+    exec "$VENV/bin/python" -m bench "$@" ;;
   lock)
     py=$(find_python); tmp=$(mktemp -d)
     "$py" -m venv "$tmp/venv"
@@ -91,7 +96,7 @@ case "$cmd" in
   venv)
     ensure_venv ;;
   help|-h|--help)
-    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' ;;
+    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' ;;
   *)
-    echo "kit.sh: unknown command '$cmd'. Use one of: run, test, lab, lock." >&2; exit 2 ;;
+    echo "kit.sh: unknown command '$cmd'. Use one of: run, test, lab, bench, lock." >&2; exit 2 ;;
 esac

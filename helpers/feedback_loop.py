@@ -461,6 +461,21 @@ class _State:
         return None
 
 
+def load_collection(client: Any, collection: str, *, attempts: int = 4) -> None:
+    """``client.load_collection``, retried when milvus-lite 3.2.2 fails it with "read error
+    ... Resource temporarily unavailable": it can read an index file its background index
+    build is still writing (seen once in a sweep of many small runs); a moment later the same
+    load succeeds. Any other error is raised at once."""
+    for attempt in range(attempts):
+        try:
+            client.load_collection(collection)
+            return
+        except Exception as exc:  # pymilvus.MilvusException; imported lazily elsewhere
+            if "Resource temporarily unavailable" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+
+
 def _client_of(milvus: Milvus) -> MilvusClient:
     """A MilvusHandle (whose ``.client`` pings and reconnects) or a plain MilvusClient."""
     return milvus.client if hasattr(milvus, "client") and hasattr(milvus, "backend") else milvus
@@ -468,7 +483,17 @@ def _client_of(milvus: Milvus) -> MilvusClient:
 
 class FeedbackLoop:
     """One run, new or resumed. Use :func:`run_loop` and :func:`resume`; this class holds the
-    state they share."""
+    state they share.
+
+    ``timings``: a measurement hook for ``bench/loop_breakdown.py``. Set
+    ``FeedbackLoop.timings = []`` and every loop appends one dict of ``time.perf_counter``
+    seconds per phase: ``{"phase": "prepare", ...}`` once, ``{"phase": "step", ...}`` per
+    generation (retrieve, prompt, generate, embed, evaluate, ledger, insert, plus ``t0``/``t1``,
+    its start and end) and ``{"phase": "metrics", ...}`` per iteration. None (the default): no
+    list is kept. It changes nothing else: the ledger's ``timings`` stay as they were.
+    """
+
+    timings: list[dict[str, Any]] | None = None
 
     def __init__(
         self,
@@ -511,20 +536,31 @@ class FeedbackLoop:
         counts for the announcement (rows re-stored from the ledger, ...)."""
         from helpers.schema import build_hnsw_index, prepare_rows
 
+        marks = [time.perf_counter()]
         client = self.client
         records = self.ledger.records()
         created = ensure_collection(client, self.collection, drop_existing=not records)
+        marks.append(time.perf_counter())
         for tav in self.taverns:
             self.reference_vectors[tav["tavern_id"]] = _embed_one(tav["description"])
+        marks.append(time.perf_counter())
         human_rows = [self._human_row(self.by_id[t]) for t in self.meta["human_taverns"]]
         if human_rows:
             client.upsert(self.collection, prepare_rows(human_rows))
         for row in human_rows:
             self.state.vectors[row["id"]] = np.asarray(row["vector_embedding"], dtype=np.float32)
+        marks.append(time.perf_counter())
         # Index and load before reading back: the C++ server (and a restarted milvus-lite)
         # answer no query on a collection that is not loaded.
         build_hnsw_index(client, self.collection)
+        marks.append(time.perf_counter())
         restored = self._restore(records)
+        marks.append(time.perf_counter())
+        if self.timings is not None:
+            names = ("collection_s", "embed_references_s", "human_rows_s", "flush_index_s")
+            names += ("restore_s",)
+            seconds = {n: b - a for n, a, b in zip(names, marks[:-1], marks[1:], strict=True)}
+            self.timings.append({"phase": "prepare", **seconds, "t0": marks[0], "t1": marks[-1]})
         return {"created": int(created), "records": len(records), "restored": restored}
 
     def _human_row(self, tavern: Mapping[str, str]) -> dict[str, Any]:
@@ -656,9 +692,12 @@ class FeedbackLoop:
     def step(self, tavern: Mapping[str, str], iteration: int) -> dict[str, Any]:
         """Retrieve, generate, evaluate, ledger, insert: one new version of one tavern."""
         tid = tavern["tavern_id"]
+        t_step = time.perf_counter()
         timings: dict[str, float] = {}
         contexts, parent, timings["retrieve_s"] = self.retrieve(tavern, iteration)
+        t_prompt = time.perf_counter()
         prompt = build_prompt(tavern, contexts, context_chars=self.params.context_chars)
+        prompt_s = time.perf_counter() - t_prompt
         seed = generation_seed(self.params.seed, iteration, tid)
         gen, text, vector = self._generate(prompt, seed, timings)
         scores = self._score(tavern, iteration, text, vector, contexts, timings)
@@ -696,7 +735,22 @@ class FeedbackLoop:
             "timings": {k: round(v, 4) for k, v in timings.items()},
             "created_at": _now(),
         }
-        self._write(record, vector)
+        write_timings: dict[str, float] = {}
+        self._write(record, vector, write_timings)
+        if self.timings is not None:
+            self.timings.append(
+                {
+                    "phase": "step",
+                    "iteration": iteration,
+                    "tavern_id": tid,
+                    **timings,
+                    "prompt_s": prompt_s,
+                    **write_timings,
+                    "output_tokens": gen.output_tokens,
+                    "t0": t_step,
+                    "t1": time.perf_counter(),
+                }
+            )
         return record
 
     def _generate(
@@ -746,16 +800,26 @@ class FeedbackLoop:
         timings["evaluate_s"] = time.perf_counter() - t0
         return scores
 
-    def _write(self, record: dict[str, Any], vector: np.ndarray | None) -> None:
+    def _write(
+        self,
+        record: dict[str, Any],
+        vector: np.ndarray | None,
+        timings: dict[str, float] | None = None,
+    ) -> None:
         """Ledger first (flushed and fsync'ed), then the insert: after a crash the store never
         holds a row the ledger does not know, and a ledgered row missing from the store is
-        re-inserted on resume."""
+        re-inserted on resume. ``timings`` (optional) gets ``ledger_s`` and ``insert_s``."""
         from helpers.schema import prepare_rows
 
+        t0 = time.perf_counter()
         self.ledger.append(record)
+        t1 = time.perf_counter()
         if record["stored"]:
             self.client.upsert(self.collection, prepare_rows([_row_from_record(record)]))
             self.state.vectors[record["row_id"]] = vector  # type: ignore[assignment]
+        if timings is not None:
+            timings["ledger_s"] = t1 - t0
+            timings["insert_s"] = time.perf_counter() - t1
         self.state.records[(record["iteration"], record["tavern_id"])] = record
         if self.on_record is not None:
             self.on_record(record)
@@ -802,7 +866,14 @@ class FeedbackLoop:
                     )
                     self.step(tavern, iteration)
                     bar.update(1)
+                t0 = time.perf_counter()
                 rows = self.write_metrics()
+                if self.timings is not None:
+                    t1 = time.perf_counter()
+                    self.timings.append(
+                        {"phase": "metrics", "iteration": iteration, "metrics_s": t1 - t0,
+                         "t0": t0, "t1": t1}
+                    )  # fmt: skip
                 if todo:
                     say(summary_line(rows[iteration]))
         finally:
@@ -1094,7 +1165,7 @@ class LoopRun:
                 f"or resume({self.run_id!r}) here to rebuild the store from the ledger."
             )
         if str(client.get_load_state(self.collection).get("state", "")) != "Loaded":
-            client.load_collection(self.collection)
+            load_collection(client, self.collection)
         return client
 
     def search(

@@ -360,6 +360,34 @@ def hnsw_in_use(df: pd.DataFrame) -> bool:
     return bool((smallest[col] < 1.0).all())
 
 
+def results_depend_on_ef(
+    client,
+    collection_name: str,
+    query_vectors: np.ndarray,
+    k: int = 10,
+    *,
+    low_ef: int | None = None,
+    high_ef: int = 256,
+) -> bool:
+    """True when some query's top ``k`` ids differ between a narrow beam and a wide one.
+
+    The second half of the "is it really HNSW?" check (:func:`hnsw_in_use` is the first):
+    brute force ignores ``ef`` and answers the same at every beam width, even where its
+    ranking of near-ties differs from numpy's (then recall is just below 1.0 at every ``ef``
+    and the recall test alone is fooled). Measured: the C++ server does not index a segment of
+    fewer than 1,024 rows (``minSegmentSizeToEnableIndex``) and searches it brute force while
+    ``describe_index`` reports the index finished for every row. ``low_ef`` defaults to ``k``
+    (the smallest beam the C++ server accepts).
+    """
+    low_ef = k if low_ef is None else low_ef
+    for query in np.asarray(query_vectors, dtype=np.float32):
+        narrow = search_one(client, collection_name, query, k, low_ef)
+        wide = search_one(client, collection_name, query, k, high_ef)
+        if narrow != wide:
+            return True
+    return False
+
+
 def assert_hnsw_in_use(df: pd.DataFrame) -> None:
     """Raise AssertionError, naming the likely cause, unless :func:`hnsw_in_use` holds."""
     if not hnsw_in_use(df):

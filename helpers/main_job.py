@@ -23,13 +23,14 @@ KERNEL_NAME = "gfl-kit"
 # The default run finishes in a few minutes on 2 cores (docs/benchmarks.md): smaller versions
 # of the notebooks whose own parameters take longest. Notebook 06's loop is read again by 07,
 # so both get the same loop values.
-_QUICK_LOOP = {"N_TAVERNS": 4, "MAX_TOKENS": 60}
+_QUICK_LOOP = {"N_TAVERNS": 3, "MAX_TOKENS": 60}
 QUICK_PARAMETERS: dict[str, dict[str, object]] = {
-    "03_hnsw_index.ipynb": {"CORPUS_SIZE": 2000, "N_QUERIES": 50},
-    "04_generate_and_insert.ipynb": {"N_TAVERNS": 8},
-    "05_semantic_search.ipynb": {"N_TAVERNS": 8},
+    "03_hnsw_index.ipynb": {"CORPUS_SIZE": 1500, "N_QUERIES": 50},
+    "04_generate_and_insert.ipynb": {"N_TAVERNS": 6},
+    "05_semantic_search.ipynb": {"N_TAVERNS": 6},
     "06_feedback_loop.ipynb": _QUICK_LOOP,
     "07_drift_and_distance.ipynb": _QUICK_LOOP,
+    "08_loop_policy_experiments.ipynb": {"MAX_TOKENS": 16, "CONTEXT_CHARS": 150},
 }
 # `--full`: every notebook with the values of its own parameters cell, except notebook 08,
 # whose own values are a small sweep (it is re-executed by the tests): the full experiment
@@ -43,6 +44,18 @@ FULL_PARAMETERS: dict[str, dict[str, object]] = {
 def parameters_for(notebook: str, full: bool) -> dict[str, object]:
     """The papermill parameters the main job gives a notebook (besides RUN_DIR)."""
     return dict((FULL_PARAMETERS if full else QUICK_PARAMETERS).get(notebook, {}))
+
+
+def _ipc_kernels() -> object:
+    """Kernels talk to papermill over Unix sockets, not TCP on loopback: nothing else on the
+    machine can connect to them, and ipykernel stops printing its "running over TCP without
+    encryption" warning into the main job's progress for every notebook."""
+    from traitlets.config import Config
+
+    return Config({"KernelManager": {"transport": "ipc"}})
+
+
+IPC_KERNELS = _ipc_kernels()
 
 
 @dataclass
@@ -84,7 +97,7 @@ def run_notebook(
     try:
         pm.execute_notebook(
             str(notebook), str(output), parameters=params, kernel_name=kernel_name,
-            cwd=str(NOTEBOOK_DIR), progress_bar=False, log_output=False,
+            cwd=str(NOTEBOOK_DIR), progress_bar=False, log_output=False, config=IPC_KERNELS,
         )  # fmt: skip
     except Exception as exc:  # papermill raises PapermillExecutionError with the cell's traceback
         return NotebookResult(notebook.name, output, time.perf_counter() - start, False, str(exc))

@@ -558,6 +558,21 @@ def _release_cpp_slot() -> None:
         _cpp_lock_fd = None
 
 
+def cpp_slot_busy() -> bool:
+    """True while a C++ Milvus server runs on this machine or the kit's lock for one is held
+    (a start is under way). Testing the lock means taking it for a moment and letting go."""
+    if _cpp_servers():
+        return True
+    fd = os.open(_CPP_LOCK_PATH, os.O_CREAT | os.O_RDWR, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases the lock if we got it
+    return False
+
+
 def _cpp_servers() -> list[psutil.Process]:
     """Every C++ Milvus standalone running on this machine (ours or not)."""
     found = []

@@ -16,7 +16,6 @@ descendant of pytest): other sessions on the same machine may run servers of the
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import itertools
 import json
 import os
@@ -167,20 +166,13 @@ def wait_for_no_cpp_server(timeout: float = 90.0) -> None:
     """Before a child process starts a C++ server: wait while another one runs on this machine
     (another session's notebook, say); only one can run at a time."""
 
-    from helpers.milvus_server import _CPP_LOCK_PATH
+    from helpers.milvus_server import cpp_slot_busy
 
     def none_running() -> bool:
+        # neither running nor about to run: the kit holds its lock from before the start
         if [c for c in milvus_processes().values() if "run standalone" in c]:
             return False
-        # ...nor about to run: the kit holds this lock from before the start.
-        fd = os.open(_CPP_LOCK_PATH, os.O_CREAT | os.O_RDWR, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        finally:
-            os.close(fd)  # closing releases the lock if we got it
-        return True
+        return not cpp_slot_busy()
 
     if not wait_until(none_running, timeout, step=1.0):
         pytest.fail(f"a C++ Milvus server kept running for {timeout:.0f} s: {milvus_processes()}")
