@@ -58,7 +58,7 @@ POOL_FACTOR = 2
 
 EMBED_MODEL_NAME = "all-MiniLM-L6-v2"
 EMBED_DIM = 384
-EMBED_BATCH_SIZE = 128
+EMBED_BATCH_SIZE = 16  # fastest on 2 CPU cores, 128 is ~20% slower (docs/benchmarks.md)
 
 _DOC_NODES = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
 # First paragraphs that are a section header or a doctest, not prose.

@@ -14,7 +14,7 @@ import numpy as np
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 DIM = 384
-BATCH_SIZE = 64
+BATCH_SIZE = 16  # fastest on 2 CPU cores, 64 is ~15% slower (docs/benchmarks.md)
 
 
 def model_path() -> str:
