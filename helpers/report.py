@@ -6,7 +6,8 @@ opens in any browser, from disk or from a CI artifact, with nothing to install.
 
 Layout, inside the run folder::
 
-    index.html              links, figures, experiment table (relative paths only)
+    index.html              key figures and summary tables first, then the notebooks, the other
+                            figures and links to every table (relative paths only)
     report/<notebook>.html  each executed notebook (nbconvert, images embedded)
     notebooks/*.ipynb       the executed notebooks (written by helpers.main_job)
     main_job.json           status and time of each notebook (written by helpers.main_job)
@@ -55,7 +56,10 @@ th { background: #f3f3f3; }
 .ok { color: #007a4d; font-weight: bold; } .failed { color: #b3261e; font-weight: bold; }
 figure { margin: 0 0 2rem; } figure img { max-width: 100%; height: auto;
          border: 1px solid #ddd; } figcaption { color: #444; font-size: 0.9rem; }
-.table-wrap { overflow-x: auto; }
+.table-wrap { overflow-x: auto; max-width: 100%; }
+.key { display: grid; grid-template-columns: repeat(auto-fill, minmax(460px, 1fr)); gap: 1rem; }
+.key figure { margin: 0; }
+code { overflow-wrap: anywhere; }
 """
 
 
@@ -237,6 +241,81 @@ def table_html(path: Path, max_rows: int = MAX_TABLE_ROWS) -> str:
     return f'<div class="table-wrap">{table}</div>{note}'
 
 
+# The figures a reader wants first, in this order (file stems written by helpers/plots.py).
+KEY_FIGURES = (
+    "drift_per_iteration",
+    "dispersion_per_iteration",
+    "retrieval_per_iteration",
+    "source_share_per_iteration",
+    "umap_trajectories",
+)
+# Tables shown inline (small summaries); every other table is linked, not dumped.
+SUMMARY_TABLE_MARKERS = ("by_policy", "summary", "verdict", "checks")
+SUMMARY_MAX_ROWS = 40
+
+
+def key_figures(figures: Sequence[Path]) -> tuple[list[Path], list[Path]]:
+    """Split ``figures`` into the key figures (in :data:`KEY_FIGURES` order, the first file of
+    each name) and the rest (in their given order)."""
+    key: list[Path] = []
+    for stem in KEY_FIGURES:
+        match = next((f for f in figures if f.stem == stem and f not in key), None)
+        if match is not None:
+            key.append(match)
+    return key, [f for f in figures if f not in key]
+
+
+def is_summary_table(path: Path) -> bool:
+    """A table small enough to show inline: a per-policy summary or the checks of a sweep."""
+    name = path.stem.lower()
+    return any(marker in name for marker in SUMMARY_TABLE_MARKERS)
+
+
+def _figure_html(path: Path, run_dir: Path) -> str:
+    src = _esc(_rel(path, run_dir))
+    caption = _esc(_caption(path))
+    return (
+        f'<figure><a href="{src}"><img src="{src}" alt="{caption}"></a>'
+        f"<figcaption>{caption} <small>({_esc(_rel_text(path, run_dir))})</small>"
+        "</figcaption></figure>"
+    )
+
+
+def _rows(path: Path) -> str:
+    try:
+        with path.open(encoding="utf-8") as handle:
+            return f"{max(sum(1 for _ in handle) - 1, 0)} rows"
+    except OSError:
+        return "unreadable"
+
+
+def _notebook_table(pages: Sequence[NotebookPage], run_dir: Path) -> list[str]:
+    if not pages:
+        return [f"<p>No executed notebook in <code>{_esc(NOTEBOOKS_SUBDIR)}/</code>.</p>"]
+    out = ["<table><tr><th>notebook</th><th>status</th><th>time</th><th>source</th></tr>"]
+    for page in pages:
+        link = (
+            f'<a href="{_esc(_rel(page.html, run_dir))}">{_esc(page.name)}</a>'
+            if page.html is not None
+            else _esc(page.name)
+        )
+        if page.ok is None:
+            status = "<span>not recorded</span>"
+        else:
+            status = (
+                '<span class="ok">ok</span>' if page.ok else '<span class="failed">failed</span>'
+            )
+        if page.error:
+            status += f"<br><small>{_esc(page.error)}</small>"
+        seconds = f"{page.seconds:.0f} s" if page.seconds is not None else ""
+        source = f'<a href="{_esc(_rel(page.source, run_dir))}">.ipynb</a>'
+        out.append(
+            f"<tr><td>{link}</td><td>{status}</td><td>{_esc(seconds)}</td><td>{source}</td></tr>"
+        )
+    out.append("</table>")
+    return out
+
+
 def index_html(
     run_dir: Path,
     pages: Sequence[NotebookPage],
@@ -245,61 +324,57 @@ def index_html(
     *,
     title: str,
 ) -> str:
-    """The text of ``index.html`` (every value escaped, every link relative to ``run_dir``)."""
+    """The text of ``index.html`` (every value escaped, every link relative to ``run_dir``).
+
+    What the run found comes first: the key figures, then the experiment's summary tables;
+    then the notebooks; then every other figure; raw tables are linked in a collapsed list, so
+    the page stays readable (and within a 1280-px window) however large the sweep was.
+    """
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    key, other_figures = key_figures(figures)
+    summaries = [t for t in tables if is_summary_table(t)]
+    raw = [t for t in tables if t not in summaries]
+    failed = sum(1 for p in pages if p.ok is False)
+    status = f"{len(pages)} notebooks, {failed} failed" if pages else "no notebook"
     out = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{_esc(title)}</h1>",
-        f'<p class="meta">Run folder <code>{_esc(run_dir)}</code>, report written {_esc(now)}.</p>',
-        "<h2>Notebooks</h2>",
+        f'<p class="meta">{_esc(status)}; report written {_esc(now)}. '
+        '<a href="#notebooks">Notebooks</a> · <a href="#figures">all figures</a>'
+        + (' · <a href="#tables">tables</a>' if tables else "")
+        + "</p>",
     ]
-    if pages:
-        out.append("<table><tr><th>notebook</th><th>status</th><th>time</th><th>source</th></tr>")
-        for page in pages:
-            link = (
-                f'<a href="{_esc(_rel(page.html, run_dir))}">{_esc(page.name)}</a>'
-                if page.html is not None
-                else _esc(page.name)
-            )
-            if page.ok is None:
-                status = "<span>not recorded</span>"
-            else:
-                status = (
-                    '<span class="ok">ok</span>'
-                    if page.ok
-                    else '<span class="failed">failed</span>'
-                )
-            if page.error:
-                status += f"<br><small>{_esc(page.error)}</small>"
-            seconds = f"{page.seconds:.0f} s" if page.seconds is not None else ""
-            source = f'<a href="{_esc(_rel(page.source, run_dir))}">.ipynb</a>'
-            out.append(
-                f"<tr><td>{link}</td><td>{status}</td><td>{_esc(seconds)}</td><td>{source}</td></tr>"
-            )
-        out.append("</table>")
-    else:
-        out.append(f"<p>No executed notebook in <code>{_esc(NOTEBOOKS_SUBDIR)}/</code>.</p>")
-    if tables:
-        out.append("<h2>Experiments</h2>")
-        for path in tables:
+    if key:
+        out.append('<h2 id="key-figures">What the run found</h2><div class="key">')
+        out.extend(_figure_html(path, run_dir) for path in key)
+        out.append("</div>")
+    if summaries:
+        out.append("<h2>Experiment summary</h2>")
+        for path in summaries:
             out.append(
                 f'<h3><a href="{_esc(_rel(path, run_dir))}">{_esc(_rel_text(path, run_dir))}</a></h3>'
             )
-            out.append(table_html(path))
-    out.append("<h2>Figures</h2>")
+            out.append(table_html(path, max_rows=SUMMARY_MAX_ROWS))
+    out.append('<h2 id="notebooks">Notebooks</h2>')
+    out.extend(_notebook_table(pages, run_dir))
+    out.append('<h2 id="figures">Figures</h2>')
     if not figures:
         out.append("<p>No figure (PNG) in the run folder.</p>")
-    for path in figures:
-        src = _esc(_rel(path, run_dir))
-        caption = _esc(_caption(path))
-        out.append(
-            f'<figure><a href="{src}"><img src="{src}" alt="{caption}"></a>'
-            f"<figcaption>{caption} <small>({_esc(_rel_text(path, run_dir))})</small>"
-            "</figcaption></figure>"
-        )
+    elif not other_figures:
+        out.append("<p>Every figure of the run is shown above.</p>")
+    out.extend(_figure_html(path, run_dir) for path in other_figures)
+    if tables:
+        out.append('<h2 id="tables">Tables</h2>')
+        out.append(f"<details><summary>{len(tables)} CSV files of the run</summary><ul>")
+        for path in [*summaries, *raw]:
+            out.append(
+                f'<li><a href="{_esc(_rel(path, run_dir))}">{_esc(_rel_text(path, run_dir))}</a>'
+                f" <small>({_esc(_rows(path))})</small></li>"
+            )
+        out.append("</ul></details>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 
