@@ -84,6 +84,9 @@ install_torch() {
     *)
       echo "kit.sh: GFL_TORCH must be 'cpu' or 'cuda', not '$mode'." >&2; return 2 ;;
   esac
+}
+
+report_torch() {
   "$VENV/bin/python" -c 'import torch; b = "CUDA " + torch.version.cuda if torch.version.cuda else "CPU-only"; print(f"kit.sh: torch {torch.__version__} installed ({b} build).")' >&2
 }
 
@@ -106,6 +109,7 @@ ensure_venv() {
   install_torch
   pip_quiet install -r requirements.txt
   pip_quiet install --no-deps -r requirements-nodeps.txt
+  report_torch
   # The notebooks import helpers/ from any folder: put the project on the venv's path (what
   # an editable install does, without building anything).
   "$VENV/bin/python" -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()["purelib"], "gfl-kit.pth").write_text(str(pathlib.Path.cwd()) + "\n")'
