@@ -151,9 +151,7 @@ def load_taverns(path: Path | str | None = None, settings: Settings | None = Non
 
     problems += empty_values(df, rows, TAVERN_COLUMNS)
     problems += duplicates(df, rows, "tavern_id", "tavern", key=lambda v: v)
-    problems += duplicates(
-        df, rows, "name", "tavern", key=lambda v: " ".join(v.casefold().split())
-    )
+    problems += duplicates(df, rows, "name", "tavern", key=lambda v: " ".join(v.casefold().split()))
     for i, row in zip(df.index, rows, strict=True):
         tid = df.at[i, "tavern_id"]
         if tid and not _SLUG.match(tid):

@@ -25,12 +25,12 @@ from helpers.data import (
     JUDGMENTS_FILE,
     DataError,
     Problem,
+    default_path,
     empty_values,
+    load_taverns,
     missing_columns,
     problem_order,
     read_table,
-    default_path,
-    load_taverns,
 )
 from helpers.settings import Settings
 

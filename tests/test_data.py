@@ -128,9 +128,7 @@ def test_canon_places_present_with_canon_facts(taverns: pd.DataFrame) -> None:
     assert "Gaffer" in by_id.loc["ivy-bush", "description"]
 
 
-def test_no_near_quotations_of_the_books(
-    taverns: pd.DataFrame, all_queries: pd.DataFrame
-) -> None:
+def test_no_near_quotations_of_the_books(taverns: pd.DataFrame, all_queries: pd.DataFrame) -> None:
     texts = list(taverns["description"]) + list(all_queries["query"]) + list(all_queries["note"])
     quoted = {p for p in BOOK_PHRASES for t in texts if p in t.casefold()}
     assert not quoted
@@ -179,7 +177,8 @@ def test_every_relevant_pair_is_judged_with_evidence_from_the_row(
     all_queries: pd.DataFrame, judgments: pd.DataFrame, taverns: pd.DataFrame
 ) -> None:
     facts = taverns.set_index("tavern_id")[list(EVIDENCE_FIELDS)]
-    pairs = {(q, t) for q, ids in zip(all_queries["query_id"], all_queries["relevant"]) for t in ids}
+    listed = zip(all_queries["query_id"], all_queries["relevant"], strict=True)
+    pairs = {(q, t) for q, ids in listed for t in ids}
     judged = set(zip(judgments["query_id"], judgments["tavern_id"], strict=True))
     assert judged == pairs
     for rec in judgments.itertuples():
