@@ -99,7 +99,9 @@ def summarise(per_query: pd.DataFrame, version: str) -> pd.DataFrame:
     rows = []
     for label, group in sets.items():
         means = metrics.summarize_scores(group.drop(columns="world_knowledge"))
-        rows.append({"data_version": version, "query_set": label, "queries": len(group)} | means.to_dict())
+        rows.append(
+            {"data_version": version, "query_set": label, "queries": len(group)} | means.to_dict()
+        )
     return pd.DataFrame(rows)
 
 

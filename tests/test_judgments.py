@@ -41,6 +41,28 @@ def folder(tmp_path: Path, judgments=None, queries=None) -> Path:
     return tmp_path
 
 
+def judgments_error(
+    tmp_path: Path, rows, row: int | None, column: str | None, *, via_queries: bool = True
+) -> str:
+    """Write the folder with these judgement rows, load it (through ``load_queries`` or
+    ``load_judgments``) and return the error, which must name judgments.csv, row and column."""
+    data = folder(tmp_path, rows)
+    taverns = load_taverns(data / "taverns.csv")
+    if via_queries:
+        return raises_at(
+            lambda: load_queries(data / "queries.csv", taverns=taverns),
+            "judgments.csv",
+            row,
+            column,
+        )
+    return raises_at(
+        lambda: load_judgments(data / "judgments.csv", taverns=taverns),
+        "judgments.csv",
+        row,
+        column,
+    )
+
+
 def test_grades_attach_to_queries(tmp_path: Path) -> None:
     data = folder(tmp_path)
     taverns = load_taverns(data / "taverns.csv")
@@ -53,25 +75,14 @@ def test_grades_attach_to_queries(tmp_path: Path) -> None:
 def test_bad_grade(tmp_path: Path) -> None:
     rows = [list(r) for r in JUDGMENTS]
     rows[1][2] = "3"
-    data = folder(tmp_path, rows)
-    taverns = load_taverns(data / "taverns.csv")
-    message = raises_at(
-        lambda: load_queries(data / "queries.csv", taverns=taverns), "judgments.csv", 3, "grade"
-    )
+    message = judgments_error(tmp_path, rows, 3, "grade")
     assert "'3'" in message
 
 
 def test_evidence_must_be_in_the_row(tmp_path: Path) -> None:
     rows = [list(r) for r in JUDGMENTS]
     rows[2][3] = "A big inn | Hobbiton"  # Hobbiton is not in the Prancing Pony's facts
-    data = folder(tmp_path, rows)
-    taverns = load_taverns(data / "taverns.csv")
-    message = raises_at(
-        lambda: load_judgments(data / "judgments.csv", taverns=taverns),
-        "judgments.csv",
-        4,
-        "evidence",
-    )
+    message = judgments_error(tmp_path, rows, 4, "evidence", via_queries=False)
     assert "'Hobbiton'" in message and "'A big inn'" not in message
 
 
@@ -86,11 +97,8 @@ def test_description_edited_after_judging(tmp_path: Path) -> None:
 
 
 def test_listed_but_not_judged(tmp_path: Path) -> None:
-    data = folder(tmp_path, JUDGMENTS[:2])  # q02 lists prancing-pony, nothing judges it
-    taverns = load_taverns(data / "taverns.csv")
-    message = raises_at(
-        lambda: load_queries(data / "queries.csv", taverns=taverns), "judgments.csv", None, None
-    )
+    # q02 lists prancing-pony, nothing judges it
+    message = judgments_error(tmp_path, JUDGMENTS[:2], None, None)
     assert "q02" in message and "prancing-pony" in message and "not judged" in message
 
 
@@ -100,24 +108,13 @@ def test_judged_but_not_listed(tmp_path: Path) -> None:
         ["q01", "black-arrow", "1", "An inn in Dale"],
         ["q09", "black-arrow", "2", "Dale"],
     ]
-    data = folder(tmp_path, rows)
-    taverns = load_taverns(data / "taverns.csv")
-    message = raises_at(
-        lambda: load_queries(data / "queries.csv", taverns=taverns), "judgments.csv", None, None
-    )
+    message = judgments_error(tmp_path, rows, None, None)
     assert "q01: black-arrow" in message and "'q09'" in message
 
 
 def test_duplicate_judgement_and_unknown_tavern(tmp_path: Path) -> None:
     rows = [*JUDGMENTS, ["q01", "prancing-pony", "1", "Bree"], ["q01", "ivy-bush", "1", "x"]]
-    data = folder(tmp_path, rows)
-    taverns = load_taverns(data / "taverns.csv")
-    message = raises_at(
-        lambda: load_judgments(data / "judgments.csv", taverns=taverns),
-        "judgments.csv",
-        5,
-        "tavern_id",
-    )
+    message = judgments_error(tmp_path, rows, 5, "tavern_id", via_queries=False)
     assert "row 2" in message and "row 6" in message and "'ivy-bush'" in message
 
 
