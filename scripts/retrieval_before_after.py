@@ -15,7 +15,7 @@ relevant; version 1 had binary judgements, so every relevant tavern counts as 1 
 Usage (a minute or two; embeddings and milvus-lite run in process)::
 
     PYTHONPATH=$PWD .venv/bin/python scripts/retrieval_before_after.py \\
-        [--old-ref 7b23e86] [--out docs/results/retrieval_before_after.csv] [--per-query FILE]
+        [--old-ref COMMIT] [--out docs/results/retrieval_before_after.csv] [--per-query FILE]
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from helpers.search import rank_taverns
 from helpers.settings import get_settings
 
 REPO = Path(__file__).resolve().parents[1]
-# The last commit with data version 1 (the base of the issue-17 branch).
-OLD_REF = "7b23e86"
+# The commit that last changed data/taverns.csv and data/queries.csv in data version 1.
+OLD_REF = "df738d74e3fc7e8d270b98df4d9370173e7588a6"
 KS = (1, 3, 10)
 NDCG_K = 10
 EF = 64  # notebook 05's search width

@@ -163,3 +163,24 @@ def test_grades_by_query_keeps_the_relevant_order() -> None:
     ]
     with pytest.raises(DataError):
         grades_by_query(table, {"q1": ("a",)}, "j.csv")
+
+
+def test_ndcg_of_the_before_after_script() -> None:
+    """nDCG@k with graded gains, as scripts/retrieval_before_after.py reports it."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "retrieval_before_after.py"
+    spec = importlib.util.spec_from_file_location("retrieval_before_after", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ndcg = module.ndcg_at_k
+    grades = {"answer": 2, "partial": 1}
+    assert ndcg(["answer", "partial", "x"], grades, 10) == pytest.approx(1.0)
+    # partial match first: (1 + 2/log2 3) / (2 + 1/log2 3)
+    assert ndcg(["partial", "answer"], grades, 10) == pytest.approx(
+        (1 + 2 / 1.5849625) / (2 + 1 / 1.5849625)
+    )
+    assert ndcg(["x", "y"], grades, 10) == 0.0
+    assert ndcg(["x", "answer"], grades, 1) == 0.0  # the answer is cut off at k = 1
+    with pytest.raises(ValueError):
+        ndcg(["x"], {}, 10)
