@@ -7,9 +7,11 @@ shows (the header is row 1), the column, what is wrong and how to fix it, rather
 ``KeyError`` in an embedding loop or a ``MilvusException`` halfway through an insert.
 
 The loaders only enforce what would break the kit (missing or empty values, duplicate ids,
-values the Milvus schema cannot hold, unknown ids in the relevance judgements). Style rules
-for the reference descriptions, such as "2-4 sentences", are data-quality tests in
-``tests/test_data.py``: a student's own longer description must still load.
+values the Milvus schema cannot hold, unknown ids in the relevance judgements, judgements whose
+evidence is no longer in the tavern's text). Style rules for the reference descriptions, such as
+"2-4 sentences", are data-quality tests in ``tests/test_data.py``: a student's own longer
+description must still load. The graded judgements (``judgments.csv``) are read by
+:mod:`helpers.judgments`; :func:`load_queries` attaches them.
 """
 
 from __future__ import annotations
@@ -26,8 +28,13 @@ import pandas as pd
 
 from helpers.settings import Settings, get_settings
 
+# The version of the shipped data files (data/README.md says what changed). Results computed on
+# the data should record it, since relevance judgements change between versions.
+DATA_VERSION = "2"
+
 TAVERNS_FILE = "taverns.csv"
 QUERIES_FILE = "queries.csv"
+JUDGMENTS_FILE = "judgments.csv"  # graded judgements with evidence: helpers/judgments.py
 
 TAVERN_COLUMNS: tuple[str, ...] = (
     "tavern_id",
@@ -41,6 +48,10 @@ TAVERN_COLUMNS: tuple[str, ...] = (
 QUERY_COLUMNS: tuple[str, ...] = ("query_id", "query", "relevant", "difficulty", "note")
 # `note` explains a judgement; a query without one is still usable, so it may be empty.
 QUERY_REQUIRED: tuple[str, ...] = ("query_id", "query", "relevant", "difficulty")
+# Optional column: "yes" marks a query that needs facts no reference description states (Tolkien
+# knowledge rather than retrieval); such queries are reported separately. Empty or absent = "no".
+WORLD_KNOWLEDGE_COLUMN = "world_knowledge"
+YES_NO: tuple[str, ...] = ("yes", "no")
 
 CANON_VALUES: tuple[str, ...] = ("canon", "invented")
 DIFFICULTIES: tuple[str, ...] = ("easy", "hard", "ambiguous")
@@ -133,16 +144,14 @@ def load_taverns(path: Path | str | None = None, settings: Settings | None = Non
     spreadsheet user would expect. Extra columns are kept. Raises :class:`DataError`.
     """
     path = Path(path) if path is not None else default_path(TAVERNS_FILE, settings)
-    df, rows = _read_table(path, "tavern")
-    problems = _missing_columns(df, TAVERN_COLUMNS, path)
+    df, rows = read_table(path, "tavern")
+    problems = missing_columns(df, TAVERN_COLUMNS, path)
     if problems:
         raise DataError(path, problems)
 
-    problems += _empty_values(df, rows, TAVERN_COLUMNS)
-    problems += _duplicates(df, rows, "tavern_id", "tavern", key=lambda v: v)
-    problems += _duplicates(
-        df, rows, "name", "tavern", key=lambda v: " ".join(v.casefold().split())
-    )
+    problems += empty_values(df, rows, TAVERN_COLUMNS)
+    problems += duplicates(df, rows, "tavern_id", "tavern", key=lambda v: v)
+    problems += duplicates(df, rows, "name", "tavern", key=lambda v: " ".join(v.casefold().split()))
     for i, row in zip(df.index, rows, strict=True):
         tid = df.at[i, "tavern_id"]
         if tid and not _SLUG.match(tid):
@@ -169,7 +178,7 @@ def load_taverns(path: Path | str | None = None, settings: Settings | None = Non
             problems += _too_long(df.at[i, column], SHORT_TEXT_MAX_BYTES, row, column)
 
     if problems:
-        raise DataError(path, sorted(problems, key=_problem_order))
+        raise DataError(path, sorted(problems, key=problem_order))
     df = df.reset_index(drop=True)
     df.attrs["source_path"] = str(path)  # lets load_queries say which tavern file it checked
     return df
@@ -179,8 +188,22 @@ def load_queries(
     path: Path | str | None = None,
     settings: Settings | None = None,
     taverns: pd.DataFrame | None = None,
+    *,
+    include_world_knowledge: bool = False,
+    judgments: Path | str | None = None,
 ) -> pd.DataFrame:
     """Read and check ``queries.csv``; ``relevant`` becomes a tuple of tavern ids.
+
+    Two columns are added: ``world_knowledge`` (bool, from the optional column of that name) and
+    ``grades`` (a dict tavern id -> 2 for "the answer" or 1 for "partly relevant"). Queries that
+    need world knowledge are left out unless ``include_world_knowledge``: they test what a model
+    knows about Tolkien, not retrieval, and are reported separately.
+
+    The grades and the evidence for each judgement come from ``judgments`` (default: the
+    ``judgments.csv`` next to the queries file, if there is one; see
+    :func:`helpers.judgments.load_judgments`). Its (query, tavern) pairs must be exactly those
+    of the ``relevant`` column, so the two files cannot drift apart. Without a judgements file
+    every relevant tavern gets grade 1 (binary relevance).
 
     The relevance judgements are only meaningful against a tavern table, so every id in
     ``relevant`` must exist in ``taverns`` (by default the kit's ``taverns.csv``, loaded with
@@ -192,8 +215,8 @@ def load_queries(
     tolerated (the set of relevant ids is what counts). Raises :class:`DataError`.
     """
     path = Path(path) if path is not None else default_path(QUERIES_FILE, settings)
-    df, rows = _read_table(path, "query")
-    problems = _missing_columns(df, QUERY_COLUMNS, path)
+    df, rows = read_table(path, "query")
+    problems = missing_columns(df, QUERY_COLUMNS, path)
     if problems:
         raise DataError(path, problems)
     if taverns is None:
@@ -214,10 +237,21 @@ def load_queries(
     known = [str(t) for t in taverns["tavern_id"]]
     known_set = set(known)
 
-    problems += _empty_values(df, rows, QUERY_REQUIRED)
-    problems += _duplicates(df, rows, "query_id", "query", key=lambda v: v)
+    problems += empty_values(df, rows, QUERY_REQUIRED)
+    problems += duplicates(df, rows, "query_id", "query", key=lambda v: v)
     parsed: list[tuple[str, ...]] = []
+    has_wk = WORLD_KNOWLEDGE_COLUMN in df.columns
     for i, row in zip(df.index, rows, strict=True):
+        wk = df.at[i, WORLD_KNOWLEDGE_COLUMN].casefold() if has_wk else ""
+        if wk and wk not in YES_NO:
+            problems.append(
+                Problem(
+                    row,
+                    WORLD_KNOWLEDGE_COLUMN,
+                    f"'{df.at[i, WORLD_KNOWLEDGE_COLUMN]}' is not allowed. Write 'yes' if the query "
+                    "needs facts that no reference description states, else 'no' (or leave it empty).",
+                )
+            )
         difficulty = df.at[i, "difficulty"]
         if difficulty and difficulty not in DIFFICULTIES:
             problems.append(
@@ -255,10 +289,29 @@ def load_queries(
             )
 
     if problems:
-        raise DataError(path, sorted(problems, key=_problem_order))
+        raise DataError(path, sorted(problems, key=problem_order))
     df = df.copy()
     df["relevant"] = pd.Series(parsed, index=df.index, dtype=object)
+    flags = df[WORLD_KNOWLEDGE_COLUMN].str.casefold() if has_wk else pd.Series("", index=df.index)
+    df[WORLD_KNOWLEDGE_COLUMN] = flags.eq("yes")
+    df["grades"] = _grades(df, path, taverns, judgments)
+    if not include_world_knowledge:
+        df = df[~df[WORLD_KNOWLEDGE_COLUMN]]
     return df.reset_index(drop=True)
+
+
+def _grades(
+    df: pd.DataFrame, queries_path: Path, taverns: pd.DataFrame, judgments: Path | str | None
+) -> pd.Series:
+    """The graded judgement of each query's relevant taverns, checked against ``relevant``."""
+    from helpers.judgments import grades_by_query, load_judgments  # it imports this module
+
+    path = Path(judgments) if judgments is not None else queries_path.parent / JUDGMENTS_FILE
+    if judgments is None and not path.is_file():
+        return pd.Series([dict.fromkeys(ids, 1) for ids in df["relevant"]], index=df.index)
+    table = load_judgments(path, taverns=taverns)
+    grades = grades_by_query(table, dict(zip(df["query_id"], df["relevant"], strict=True)), path)
+    return pd.Series([grades[q] for q in df["query_id"]], index=df.index, dtype=object)
 
 
 def parse_relevant(value: str) -> tuple[str, ...]:
@@ -300,7 +353,9 @@ def tavern_records(df: pd.DataFrame) -> list[dict[str, str]]:
 # Reading
 
 
-def _read_table(path: Path, kind: str) -> tuple[pd.DataFrame, list[int]]:
+def read_table(
+    path: Path, kind: str, columns: Sequence[str] | None = None
+) -> tuple[pd.DataFrame, list[int]]:
     """Read a CSV into strings and return it with the spreadsheet row number of each row.
 
     pandas numbers *records*, which is what a spreadsheet shows as rows even when a quoted
@@ -319,7 +374,7 @@ def _read_table(path: Path, kind: str) -> tuple[pd.DataFrame, list[int]]:
             ],
         )
     if not path.exists():
-        shipped = path.name in (TAVERNS_FILE, QUERIES_FILE)
+        shipped = path.name in (TAVERNS_FILE, QUERIES_FILE, JUDGMENTS_FILE)
         restore = f"restore it with `git checkout -- data/{path.name}`, " if shipped else ""
         raise DataError(
             path,
@@ -343,7 +398,7 @@ def _read_table(path: Path, kind: str) -> tuple[pd.DataFrame, list[int]]:
                     None,
                     None,
                     "the file is empty. It needs a header row with the columns "
-                    f"{', '.join(TAVERN_COLUMNS if kind == 'tavern' else QUERY_COLUMNS)}.",
+                    f"{', '.join(columns or (TAVERN_COLUMNS if kind == 'tavern' else QUERY_COLUMNS))}.",
                 )
             ],
         )
@@ -457,7 +512,7 @@ def _locate_parse_error(text: str, n_columns: int, exc: Exception) -> Problem:
 # Checks
 
 
-def _missing_columns(df: pd.DataFrame, expected: Iterable[str], path: Path) -> list[Problem]:
+def missing_columns(df: pd.DataFrame, expected: Iterable[str], path: Path) -> list[Problem]:
     have = list(df.columns)
     problems = []
     for column in expected:
@@ -476,7 +531,7 @@ def _missing_columns(df: pd.DataFrame, expected: Iterable[str], path: Path) -> l
     return problems
 
 
-def _empty_values(df: pd.DataFrame, rows: list[int], columns: Iterable[str]) -> list[Problem]:
+def empty_values(df: pd.DataFrame, rows: list[int], columns: Iterable[str]) -> list[Problem]:
     problems = []
     for column in columns:
         for row, value in zip(rows, df[column], strict=True):
@@ -491,7 +546,7 @@ def _empty_values(df: pd.DataFrame, rows: list[int], columns: Iterable[str]) -> 
     return problems
 
 
-def _duplicates(
+def duplicates(
     df: pd.DataFrame, rows: list[int], column: str, kind: str, key: Callable[[str], str]
 ) -> list[Problem]:
     first: dict[str, int] = {}
@@ -533,5 +588,5 @@ def _suggest_slug(value: str) -> str:
     return slug or "my-tavern"
 
 
-def _problem_order(p: Problem) -> tuple[int, str]:
+def problem_order(p: Problem) -> tuple[int, str]:
     return (p.row if p.row is not None else 0, p.column or "")

@@ -1,8 +1,9 @@
 """Tests for the shipped data files and for the loaders' error messages.
 
-The first half checks that ``data/taverns.csv`` and ``data/queries.csv`` meet the kit's
-promises (enough taverns and queries, every difficulty represented, reference descriptions
-of 2-4 sentences, canon facts in place). The second half writes small broken CSVs and checks
+The first half checks that ``data/taverns.csv``, ``data/queries.csv`` and
+``data/judgments.csv`` meet the kit's promises (enough taverns and queries, every difficulty
+represented, reference descriptions of 2-4 sentences, canon facts in place, every judgement
+graded and backed by the tavern's own words, a README whose counts match the files). The second half writes small broken CSVs and checks
 that the error names the file, the spreadsheet row and the column, so a student editing the
 data in a spreadsheet can find the mistake.
 """
@@ -19,6 +20,7 @@ import pytest
 
 from helpers.data import (
     CANON_VALUES,
+    DATA_VERSION,
     DESCRIPTION_MAX_BYTES,
     DIFFICULTIES,
     QUERY_COLUMNS,
@@ -30,6 +32,7 @@ from helpers.data import (
     parse_relevant,
     tavern_records,
 )
+from helpers.judgments import EVIDENCE_FIELDS, EVIDENCE_SEPARATOR, GRADES, load_judgments
 from helpers.settings import Settings, get_settings
 
 ARTICLE_QUERY = "A cozy place frequented by famous hobbits"
@@ -37,12 +40,15 @@ ARTICLE_QUERY = "A cozy place frequented by famous hobbits"
 # The shipped files, whatever GFL_DATA_DIR says: Settings() has the repository defaults.
 SHIPPED = Settings()
 
+# Phrases of the books that version 1 reproduced almost word for word; the data paraphrases.
+BOOK_PHRASES = ("best beer in the eastfarthing", "small inn on the bywater road", "head clean off")
+
 # Canon inns named in the brief: tavern_id -> (name, text its location must contain).
 CANON_PLACES = {
     "prancing-pony": ("The Prancing Pony", "Bree"),
     "green-dragon": ("The Green Dragon", "Bywater"),
     "golden-perch": ("The Golden Perch", "Stock"),
-    "ivy-bush": ("The Ivy Bush", "Bywater road"),
+    "ivy-bush": ("The Ivy Bush", "Bywater"),
     "floating-log": ("The Floating Log", "Frogmorton"),
 }
 
@@ -62,6 +68,16 @@ def queries(taverns: pd.DataFrame) -> pd.DataFrame:
     return load_queries(settings=SHIPPED, taverns=taverns)
 
 
+@pytest.fixture(scope="module")
+def all_queries(taverns: pd.DataFrame) -> pd.DataFrame:
+    return load_queries(settings=SHIPPED, taverns=taverns, include_world_knowledge=True)
+
+
+@pytest.fixture(scope="module")
+def judgments(taverns: pd.DataFrame) -> pd.DataFrame:
+    return load_judgments(settings=SHIPPED, taverns=taverns)
+
+
 # ---------------------------------------------------------------------------------------------
 # The shipped files
 
@@ -71,6 +87,7 @@ def test_shipped_files_exist() -> None:
     assert (data_dir / "taverns.csv").is_file()
     assert (data_dir / "queries.csv").is_file()
     assert (data_dir / "README.md").is_file()
+    assert (data_dir / "judgments.csv").is_file()
 
 
 def test_taverns_count_and_columns(taverns: pd.DataFrame) -> None:
@@ -106,8 +123,15 @@ def test_canon_places_present_with_canon_facts(taverns: pd.DataFrame) -> None:
     assert "Butterbur" in by_id.loc["prancing-pony", "description"]
     assert "Strider" in by_id.loc["prancing-pony", "description"]
     assert "Ted Sandyman" in by_id.loc["green-dragon", "description"]
-    assert "best beer in the Eastfarthing" in by_id.loc["golden-perch", "description"]
+    assert "Stock" in by_id.loc["golden-perch", "description"]
+    assert "Pippin" in by_id.loc["golden-perch", "description"]
     assert "Gaffer" in by_id.loc["ivy-bush", "description"]
+
+
+def test_no_near_quotations_of_the_books(taverns: pd.DataFrame, all_queries: pd.DataFrame) -> None:
+    texts = list(taverns["description"]) + list(all_queries["query"]) + list(all_queries["note"])
+    quoted = {p for p in BOOK_PHRASES for t in texts if p in t.casefold()}
+    assert not quoted
 
 
 def test_no_real_world_pub(taverns: pd.DataFrame) -> None:
@@ -129,7 +153,7 @@ def test_canon_flag_matches_source_note(taverns: pd.DataFrame) -> None:
 
 def test_queries_count_difficulties_and_article_query(queries: pd.DataFrame) -> None:
     assert len(queries) >= 30
-    assert list(queries.columns[: len(QUERY_COLUMNS)]) == list(QUERY_COLUMNS)
+    assert set(QUERY_COLUMNS) <= set(queries.columns)
     counts = queries["difficulty"].value_counts()
     for difficulty in DIFFICULTIES:
         assert counts.get(difficulty, 0) >= 8, counts.to_dict()
@@ -147,6 +171,62 @@ def test_queries_relevance_is_parsed_and_known(
     ambiguous = queries[queries["difficulty"] == "ambiguous"]
     assert (ambiguous["relevant"].map(len) >= 2).all()
     assert queries["note"].str.len().gt(0).all()
+
+
+def test_every_relevant_pair_is_judged_with_evidence_from_the_row(
+    all_queries: pd.DataFrame, judgments: pd.DataFrame, taverns: pd.DataFrame
+) -> None:
+    facts = taverns.set_index("tavern_id")[list(EVIDENCE_FIELDS)]
+    listed = zip(all_queries["query_id"], all_queries["relevant"], strict=True)
+    pairs = {(q, t) for q, ids in listed for t in ids}
+    judged = set(zip(judgments["query_id"], judgments["tavern_id"], strict=True))
+    assert judged == pairs
+    for rec in judgments.itertuples():
+        assert rec.grade in GRADES
+        row = facts.loc[rec.tavern_id].tolist()
+        for part in rec.evidence.split(EVIDENCE_SEPARATOR):
+            assert any(part in field for field in row), (rec.query_id, rec.tavern_id, part)
+
+
+def test_grades_follow_the_rules(all_queries: pd.DataFrame) -> None:
+    for q in all_queries.itertuples():
+        assert list(q.grades) == list(q.relevant), q.query_id
+        assert max(q.grades.values()) == 2, f"{q.query_id} has no answer of grade 2"
+        if q.difficulty in ("easy", "hard"):
+            assert list(q.grades.values()) == [2], q.query_id
+
+
+def test_world_knowledge_queries_are_reported_apart(
+    queries: pd.DataFrame, all_queries: pd.DataFrame
+) -> None:
+    flagged = all_queries[all_queries["world_knowledge"]]
+    assert len(flagged) >= 1
+    assert not queries["world_knowledge"].any()
+    assert set(queries["query_id"]) == set(all_queries["query_id"]) - set(flagged["query_id"])
+    assert flagged["note"].str.contains("world knowledge", case=False).all()
+
+
+def test_readme_states_version_counts_and_judges(
+    taverns: pd.DataFrame, all_queries: pd.DataFrame, judgments: pd.DataFrame
+) -> None:
+    readme = (SHIPPED.data_dir / "README.md").read_text(encoding="utf-8")
+    canon = int((taverns["canon"] == "canon").sum())
+    difficulty = all_queries["difficulty"].value_counts()
+    grades = judgments["grade"].value_counts()
+    claims = [
+        f"Data version {DATA_VERSION}",
+        f'DATA_VERSION == "{DATA_VERSION}"',
+        "2026-12-01",
+        f"{len(taverns)} taverns and inns ({canon} canon, {len(taverns) - canon} invented)",
+        f"{len(all_queries)} search queries ({difficulty['easy']} easy, {difficulty['hard']} hard, "
+        f"{difficulty['ambiguous']} ambiguous; {int(all_queries['world_knowledge'].sum())} of them "
+        "need world knowledge)",
+        f"{len(judgments)} judgements ({grades[2]} of grade 2, {grades[1]} of grade 1)",
+        ARTICLE_QUERY,
+        "Tolkien Estate",
+    ]
+    missing = [c for c in claims if c not in " ".join(readme.split())]
+    assert not missing, missing
 
 
 def test_tavern_records_shape(taverns: pd.DataFrame) -> None:
@@ -234,6 +314,9 @@ def test_small_good_files_load(tmp_path: Path) -> None:
     taverns = load_taverns(taverns_file(tmp_path))
     queries = load_queries(queries_file(tmp_path), taverns=taverns)
     assert queries.loc[1, "relevant"] == ("prancing-pony", "green-dragon")
+    # no judgments.csv next to the file: binary relevance, every listed tavern grade 1
+    assert queries.loc[1, "grades"] == {"prancing-pony": 1, "green-dragon": 1}
+    assert not queries["world_knowledge"].any()  # no such column: no query needs it
 
 
 def test_default_paths_follow_settings_data_dir(tmp_path: Path) -> None:

@@ -66,7 +66,7 @@ def test_search_finds_the_inn_a_query_describes(small_collection) -> None:
     client, _ = small_collection
     hits = search_taverns(
         client,
-        "the inn at Stock with the best beer in the Eastfarthing",
+        "The inn at Stock whose ale Pippin rates above any other in the Eastfarthing",
         collection="taverns_small",
     )
     assert hits[0]["name"] == "The Golden Perch"
