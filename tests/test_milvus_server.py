@@ -486,3 +486,89 @@ def test_remote_without_uri_and_unknown_backend(settings: Settings) -> None:
     with pytest.raises(MilvusServerError, match="Unknown backend 'cloud'"):
         start_milvus(settings, backend="cloud")
     assert not [h for h in running_handles() if h.backend == "remote"]
+
+
+# --- issue 10's server bugs ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_port_taken_before_the_child_binds_it_is_retried(
+    settings: Settings, monkeypatch, no_orphans
+) -> None:
+    """``free_port()`` can race with another process; the start retries on another port."""
+    from helpers.servers import process
+
+    real = process.free_port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        taken = sock.getsockname()[1]
+        handed_out = iter([taken])
+        monkeypatch.setattr(process, "free_port", lambda: next(handed_out, None) or real())
+        with milvus_server(settings, backend="lite-server", timeout=60) as handle:
+            assert not handle.uri.endswith(f":{taken}")
+            assert handle.client.get_server_version() == LITE_VERSION
+            pid = handle.pid
+    assert wait_gone(pid, 10)
+
+
+@pytest.mark.slow
+def test_a_server_started_from_a_worker_thread_outlives_the_thread(
+    settings: Settings, no_orphans
+) -> None:
+    """PR_SET_PDEATHSIG fires when the forking *thread* exits: children are forked from one
+    long-lived thread, so a server started in a thread pool survives the pool."""
+    import threading
+
+    started: dict[str, object] = {}
+    worker = threading.Thread(
+        target=lambda: started.update(h=start_milvus(settings, backend="lite-server"))
+    )
+    worker.start()
+    worker.join()
+    handle = started["h"]
+    assert isinstance(handle, MilvusHandle)
+    try:
+        # Were it tied to the finished thread, the kernel would have SIGKILLed it by now.
+        assert not wait_gone(handle.pid, 3), "the server died with the thread that started it"
+        assert handle.client.get_server_version() == LITE_VERSION
+    finally:
+        handle.stop()
+    assert wait_gone(handle.pid, 10)
+
+
+def test_a_lock_file_that_cannot_be_written_still_guards_the_cpp_slot(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The machine-wide lock in /tmp may belong to another user (read-only for us): it must
+    still work as a lock, not end in a bare PermissionError."""
+    import shutil
+
+    from helpers.servers import cpp
+
+    lock = tmp_path / "cpp.lock"
+    lock.write_text("")
+    if not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(lock)]).returncode:
+        pytest.skip("needs chattr +i to make a file nobody may open for writing")
+    try:
+        with pytest.raises(PermissionError):
+            os.open(lock, os.O_RDWR)  # the situation: not writable, even for root
+        monkeypatch.setattr(cpp, "LOCK_PATH", lock)
+        monkeypatch.setattr(cpp, "_lock_fd", None)
+        cpp._claim_slot()
+        try:
+            assert cpp._lock_fd is not None
+            # Held: another claimant (another process, seen through a new descriptor) is refused.
+            fd = os.open(lock, os.O_RDONLY)
+            try:
+                import fcntl
+
+                with pytest.raises(BlockingIOError):
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            finally:
+                os.close(fd)
+        finally:
+            cpp._release_slot()
+        assert cpp._lock_fd is None
+    finally:
+        subprocess.run(["chattr", "-i", str(lock)], check=True)
