@@ -59,6 +59,10 @@ LOCK_PATH = Path(tempfile.gettempdir()) / "gfl-kit-milvus-cpp.lock"
 _lock_fd: int | None = None
 
 
+# In every CppSlotBusy message, so a parent can recognise the error in a child's output.
+SLOT_BUSY_HINT = "only one C++ Milvus server can run per machine"
+
+
 class CppSlotBusy(MilvusServerError):
     """Another process runs (or is starting) the machine's one C++ Milvus server."""
 
@@ -99,9 +103,9 @@ def _claim_slot() -> None:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
         raise CppSlotBusy(
-            f"Another process (pid {holder}) is running a C++ Milvus server with this kit; only "
-            "one can run per machine (a second dies in a Go panic). Stop that notebook's server "
-            "or kernel first, or use the 'lite' backend."
+            f"Another process (pid {holder}) is running a C++ Milvus server with this kit; "
+            f"{SLOT_BUSY_HINT} (a second dies in a Go panic). Stop that notebook's server or "
+            "kernel first, or use the 'lite' backend."
         ) from None
     with contextlib.suppress(OSError):  # read-only descriptor: the holder's pid stays unknown
         os.ftruncate(fd, 0)
@@ -143,7 +147,9 @@ def wait_for_cpp_slot(
             on_wait("waiting: another C++ Milvus server runs on this machine (only one can)...")
             told = True
         if time.monotonic() - start > timeout:
-            raise CppSlotBusy(f"a C++ Milvus server kept running for {timeout:.0f} s")
+            raise CppSlotBusy(
+                f"a C++ Milvus server kept running for {timeout:.0f} s; {SLOT_BUSY_HINT}"
+            )
         time.sleep(step)
     return time.monotonic() - start
 
@@ -237,9 +243,9 @@ def _start_claimed(
             where = f" with data in {other.cwd()}"
         raise CppSlotBusy(
             f"Another C++ Milvus server is already running on this machine: "
-            f"{process.describe(other)}{where}. Two cannot run at once (the second dies in a Go "
-            f"panic on the shared etcd ports). Stop it first (kill {other.pid}; kill -9 if it "
-            "ignores that), or use the 'lite' backend."
+            f"{process.describe(other)}{where}; {SLOT_BUSY_HINT} (the second dies in a Go panic "
+            f"on the shared etcd ports). Stop it first (kill {other.pid}; kill -9 if it ignores "
+            "that), or use the 'lite' backend."
         )
     if port is not None and process.port_in_use(port):
         raise MilvusServerError(
