@@ -240,6 +240,24 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Child]]:
             child.kill()
 
 
+@pytest.fixture
+def external_lite_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A milvus-lite server somebody else runs (started here directly, not by the kit)."""
+    port = closed_port()
+    exe = Path(sys.executable).with_name("milvus-lite")
+    proc = subprocess.Popen(
+        [str(exe), "server", "--data-dir", str(tmp_path / "external"), "--host", "127.0.0.1",
+         "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert wait_until(lambda: port in listening_ports(proc.pid), 30)
+        yield f"http://127.0.0.1:{port}", proc
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 # --- settings and process guards --------------------------------------------------------------
 
 

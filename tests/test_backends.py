@@ -9,9 +9,6 @@ every kernel through its URI; ``remote`` pointed at a milvus-lite server started
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -22,11 +19,8 @@ from helpers.settings import exported, get_settings
 from tests.conftest import (
     EXPECTED_VERSION,
     LITE_VERSION,
-    closed_port,
-    listening_ports,
     milvus_processes,
     wait_gone,
-    wait_until,
 )
 from tests.notebook_runner import all_text, execute
 
@@ -41,24 +35,6 @@ COURSE = [
     ("06_feedback_loop.ipynb", {"N_TAVERNS": 2, "ITERATIONS": 2, "MAX_TOKENS": 16,
                                 "GENERATOR": "local"}),
 ]  # fmt: skip
-
-
-@pytest.fixture
-def external_lite_server(tmp_path: Path) -> Iterator[str]:
-    """A milvus-lite server somebody else runs, on 127.0.0.1 (started directly, not by the kit)."""
-    port = closed_port()
-    exe = Path(sys.executable).with_name("milvus-lite")
-    proc = subprocess.Popen(
-        [str(exe), "server", "--data-dir", str(tmp_path / "external"), "--host", "127.0.0.1",
-         "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    try:
-        assert wait_until(lambda: port in listening_ports(proc.pid), 30)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 def _servers_under(folder: Path) -> set[int]:
@@ -77,7 +53,7 @@ def _servers_under(folder: Path) -> set[int]:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_course_runs_on_every_backend(backend: str, tmp_path: Path, request, no_orphans) -> None:
     if backend == "remote":
-        uri = request.getfixturevalue("external_lite_server")
+        uri, _ = request.getfixturevalue("external_lite_server")
         env = {"GFL_MILVUS_BACKEND": "remote", "GFL_MILVUS_URI": uri}
         shown, version = "remote", LITE_VERSION
     else:

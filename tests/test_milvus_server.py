@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import traceback
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -415,24 +414,6 @@ def test_client_of_a_killed_lite_server_says_start_again(settings: Settings, no_
 
 
 # --- remote --------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def external_lite_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
-    """A milvus-lite server somebody else runs (started here directly, not by the kit)."""
-    port = closed_port()
-    exe = Path(sys.executable).with_name("milvus-lite")
-    proc = subprocess.Popen(
-        [str(exe), "server", "--data-dir", str(tmp_path / "external"), "--host", "127.0.0.1",
-         "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    try:
-        assert wait_until(lambda: port in listening_ports(proc.pid), 30)
-        yield f"http://127.0.0.1:{port}", proc
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 @pytest.mark.slow
