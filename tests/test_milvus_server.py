@@ -181,6 +181,12 @@ def test_start_reuse_stop_and_fresh(backend: str, settings: Settings, no_orphans
         with milvus_server(settings, backend=backend, fresh=True) as wiped:
             assert "probe" not in wiped.client.list_collections()
             assert not marker.exists()
+            if backend == "milvus":  # binaries unpacked once per user, not per data folder
+                import milvus
+
+                from helpers.servers.cpp import binaries_cache
+
+                assert (wiped.data_path / "bin").resolve() == binaries_cache(milvus).resolve()
             pid3 = wiped.pid
         assert not wiped.running
         if pid3 is not None:

@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import shutil
 import stat
 import subprocess
 import tempfile
@@ -259,6 +260,7 @@ def _start_claimed(
         default_server.listen_port = port
     default_server.wait_for_started = False  # we wait ourselves, watching for an early exit
     base.mkdir(parents=True, exist_ok=True)
+    _link_binaries(milvus, base)
     try:
         with _children_die_with_parent(milvus):
             default_server.start()
@@ -281,6 +283,38 @@ def _start_claimed(
         release=_stop_cpp_server,
     )  # fmt: skip
     return register(server)
+
+
+def binaries_cache(milvus: types.ModuleType) -> Path:
+    """Where the server's binaries are unpacked once per user and version."""
+    return Path.home() / ".cache" / "gfl-kit" / f"milvus-{milvus.__version__}" / "bin"
+
+
+def _link_binaries(milvus: types.ModuleType, base: Path) -> None:
+    """Point ``base/bin`` at binaries unpacked once, instead of unpacking them per data folder.
+
+    ``default_server.start()`` LZMA-decompresses about 170 MB of binaries into every new base
+    folder, and ``cleanup()`` (``fresh=True``) deletes them with the data: measured 8-40 s of
+    every fresh start (docs/benchmarks.md). With ``bin`` a symlink to a per-user cache, start()
+    finds the checksums matching and only hashes the archives; ``cleanup()`` removes the link,
+    not the cache. A folder that already has a real ``bin`` keeps it.
+    """
+    cache = binaries_cache(milvus)
+    if not cache.is_dir():
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix="unpack-", dir=cache.parent))
+        try:
+            milvus._initialize_data_files(str(staging))
+            with contextlib.suppress(OSError):  # another process finished first: use theirs
+                (staging / "bin").rename(cache)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    link = base / "bin"
+    if link.is_symlink() and link.resolve() != cache.resolve():
+        link.unlink()
+    if not link.exists() and not link.is_symlink():
+        base.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(cache, target_is_directory=True)
 
 
 def _wait_healthy(web_port: int, proc: subprocess.Popen, log_path: Path, timeout: float) -> None:
