@@ -3,8 +3,11 @@
 Each backend runs its notebooks the way the main job does: ``lite`` inside each kernel;
 ``lite-server`` and ``milvus`` started once (``helpers.main_job.shared_backend``) and reached by
 every kernel through its URI; ``remote`` pointed at a milvus-lite server started here on
-127.0.0.1. Parameters are tiny so the matrix fits CI; the notebooks' own tests
-(tests/test_notebooks.py) check what they teach, these check that every backend runs them.
+127.0.0.1. Parameters are tiny so the matrix fits CI, and the texts come from the real
+anthropic SDK talking to the local fake Messages API (tests/fake_anthropic.py): generation is
+the same on every backend and tested elsewhere, while the local model on a loaded machine would
+dominate the time. The notebooks' own tests (tests/test_notebooks.py) check what they teach;
+these check that every backend runs them.
 """
 
 from __future__ import annotations
@@ -24,14 +27,18 @@ from tests.conftest import (
 )
 from tests.notebook_runner import all_text, execute
 
+pytest_plugins = ["tests.fixtures_anthropic"]
 pytestmark = pytest.mark.slow
+ANSWER = "A low smoky inn by the river, where travellers swap songs about the road."
 
 BACKENDS = ["lite", "lite-server", "milvus", "remote"]
 # In course order: 05 and 06 read what 04 stored and generated.
 COURSE = [
     ("02_schema_and_collection.ipynb", {}),
-    ("04_generate_and_insert.ipynb", {"N_TAVERNS": 3, "GENERATOR": "local"}),
-    ("05_semantic_search.ipynb", {"N_TAVERNS": 3, "GENERATOR": "local"}),
+    ("04_generate_and_insert.ipynb", {"N_TAVERNS": 3}),
+    ("05_semantic_search.ipynb", {"N_TAVERNS": 3}),
+    # The local model here: resuming a Claude run fails in helpers.feedback_loop (model passed
+    # twice to ClaudeGenerator.from_settings), a bug of its own, reported.
     ("06_feedback_loop.ipynb", {"N_TAVERNS": 2, "ITERATIONS": 2, "MAX_TOKENS": 16,
                                 "GENERATOR": "local"}),
 ]  # fmt: skip
@@ -51,7 +58,14 @@ def _servers_under(folder: Path) -> set[int]:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_course_runs_on_every_backend(backend: str, tmp_path: Path, request, no_orphans) -> None:
+def test_course_runs_on_every_backend(
+    backend: str, tmp_path: Path, request, fake_anthropic, no_orphans
+) -> None:
+    from tests.fake_anthropic import FAKE_KEY, ok
+
+    fake_anthropic.set_default(ok(ANSWER, input_tokens=40, output_tokens=20))
+    claude = {"ANTHROPIC_API_KEY": FAKE_KEY, "ANTHROPIC_BASE_URL": fake_anthropic.base_url,
+              "GFL_GENERATOR": "claude"}  # fmt: skip
     if backend == "remote":
         uri, _ = request.getfixturevalue("external_lite_server")
         env = {"GFL_MILVUS_BACKEND": "remote", "GFL_MILVUS_URI": uri}
@@ -63,7 +77,7 @@ def test_course_runs_on_every_backend(backend: str, tmp_path: Path, request, no_
         from helpers.milvus_server import wait_for_cpp_slot
 
         wait_for_cpp_slot(600)
-    with exported(env):
+    with exported({**env, **claude}):
         settings = get_settings(run_dir=tmp_path / "run")
         with shared_backend(settings) as shared:
             servers = _servers_under(tmp_path)
@@ -79,6 +93,7 @@ def test_course_runs_on_every_backend(backend: str, tmp_path: Path, request, no_
     # The notebooks name the backend that served them, and its version.
     assert f"{shown} {version}" in texts["02_schema_and_collection.ipynb"]
     assert "rows upserted: 3" in texts["04_generate_and_insert.ipynb"]
+    assert "generator: claude" in texts["04_generate_and_insert.ipynb"]
     assert "finished: True | generations in the ledger: 4" in texts["06_feedback_loop.ipynb"]
     assert "generated texts in the top 3:" in texts["05_semantic_search.ipynb"]
     for pid in servers:  # stopped at the end of the block, nothing left behind
