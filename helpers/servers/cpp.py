@@ -53,8 +53,9 @@ T = TypeVar("T")
 # A clean stop takes about 1 s once the query node's wait is short (module docstring); the grace
 # only matters for a server that hangs anyway, which is then killed.
 CPP_STOP_GRACE_S = 30.0
-# Milvus reads its settings from environment variables too (paramtable's env source).
-CPP_ENV = {"QUERYNODE_GRACEFULSTOPTIMEOUT": "1"}
+# Milvus reads its settings from environment variables too (paramtable's env source): the
+# query node's graceful-stop wait and the session lease TTL (module docstring).
+CPP_ENV = {"QUERYNODE_GRACEFULSTOPTIMEOUT": "1", "COMMON_SESSION_TTL": "10"}
 
 LOCK_PATH = Path(tempfile.gettempdir()) / "gfl-kit-milvus-cpp.lock"
 _lock_fd: int | None = None
