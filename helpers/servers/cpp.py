@@ -4,14 +4,15 @@ Only one can run per machine (a second dies in a Go panic on the shared etcd por
 machine-wide lock file guards the slot; :class:`CppSlotBusy` says another process holds it and
 :func:`wait_for_cpp_slot` / :func:`start_waiting_for_slot` are the one way to wait for it.
 
-Why a stop waits for a clean exit (issue 16): on SIGTERM the standalone stops its coordinators,
-then its query node, whose graceful stop waits ``queryNode.gracefulStopTimeout`` for its loaded
-segments to move to another query node, which a standalone does not have. Killed during that
-wait, the server never revoked its data node's etcd session; the next server on the same data
-folder then waited about 45 s for that session's lease and, in that window, sent Flush to the
-dead data node ("session not found->datanode-N ... unrecoverable error"). With the query node's
-wait set to 1 s the whole stop takes about 1 s, every session is revoked, and a restart on the
-same data takes about 10 s (measured in docs/benchmarks.md).
+Why the stop and the session TTL are tuned (issue 16): on SIGTERM the standalone stops its
+coordinators, then its query node, whose graceful stop waits ``queryNode.gracefulStopTimeout``
+for its segments to move to another query node, which a standalone does not have; the kit used
+to kill it after 3 s, in the middle of that wait. Either way the next server on the same data
+folder finds the old sessions (data node, query coordinator) in its embedded etcd until their
+leases expire (``common.session.ttl``, 30 s in the wheel's config): it waited about 45 s, and in
+that window could send Flush to the old data node ("session not found->datanode-N ...
+unrecoverable error"). Now the query node waits 1 s (the stop takes about 1 s and exits by
+itself) and the lease TTL is 10 s: a restart on the same data took 7-12 s (docs/benchmarks.md).
 """
 
 from __future__ import annotations
