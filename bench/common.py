@@ -222,6 +222,8 @@ def markdown_table(
     floatfmt = floatfmt or {}
 
     def cell(col: str, value: Any) -> str:
+        if value is None or type(value).__name__ == "NAType":  # pandas' NA: an empty cell
+            return ""
         if hasattr(value, "item"):  # numpy scalars
             value = value.item()
         if col in floatfmt and isinstance(value, float) and not math.isnan(value):
@@ -294,6 +296,7 @@ class TreeSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        self.sample()  # the state at the end counts too (it may be the peak)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
