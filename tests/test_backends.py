@@ -80,7 +80,7 @@ def test_course_runs_on_every_backend(
     with exported({**env, **claude}):
         settings = get_settings(run_dir=tmp_path / "run")
         with shared_backend(settings) as shared:
-            servers = _servers_under(tmp_path)
+            servers = _servers_under(tmp_path / "run")
             # One server for the whole course when the backend runs as one, none otherwise.
             assert len(servers) == (1 if backend in ("lite-server", "milvus") else 0)
             assert bool(shared) == (backend in ("lite-server", "milvus"))
@@ -89,7 +89,9 @@ def test_course_runs_on_every_backend(
                 nb = execute(name, tmp_path, RUN_DIR=str(tmp_path / "run"), **params)
                 texts[name] = all_text(nb)
                 assert "servers this notebook started that are still running: []" in texts[name]
-            assert _servers_under(tmp_path) == servers  # the same server served every notebook
+            assert (
+                _servers_under(tmp_path / "run") == servers
+            )  # the same server served every notebook
     # The notebooks name the backend that served them, and its version.
     assert f"{shown} {version}" in texts["02_schema_and_collection.ipynb"]
     assert "rows upserted: 3" in texts["04_generate_and_insert.ipynb"]
@@ -98,4 +100,4 @@ def test_course_runs_on_every_backend(
     assert "generated texts in the top 3:" in texts["05_semantic_search.ipynb"]
     for pid in servers:  # stopped at the end of the block, nothing left behind
         assert wait_gone(pid, 30), f"server {pid} outlived the course"
-    assert not _servers_under(tmp_path)
+    assert not _servers_under(tmp_path / "run")
