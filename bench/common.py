@@ -210,12 +210,32 @@ def fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def markdown_table(df: Any, columns: Sequence[str] | None = None, digits: int = 3) -> str:
-    """A GitHub markdown table of ``df`` (no tabulate dependency)."""
+def markdown_table(
+    df: Any,
+    columns: Sequence[str] | None = None,
+    digits: int = 3,
+    floatfmt: Mapping[str, str] | None = None,
+) -> str:
+    """A GitHub markdown table of ``df`` (no tabulate dependency). ``floatfmt`` gives some
+    columns a ``format`` spec of their own (e.g. ``{"recall": ".3f"}``)."""
     cols = list(columns) if columns is not None else list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    floatfmt = floatfmt or {}
+
+    def cell(col: str, value: Any) -> str:
+        if value is None or type(value).__name__ == "NAType":  # pandas' NA: an empty cell
+            return ""
+        if hasattr(value, "item"):  # numpy scalars
+            value = value.item()
+        if col in floatfmt and isinstance(value, float) and not math.isnan(value):
+            return format(value, floatfmt[col])
+        return fmt(value, digits)
+
+    lines = [
+        "| " + " | ".join(str(c) for c in cols) + " |",
+        "|" + "|".join("---" for _ in cols) + "|",
+    ]
     for _, row in df[cols].iterrows():
-        lines.append("| " + " | ".join(fmt(row[c], digits) for c in cols) + " |")
+        lines.append("| " + " | ".join(cell(c, row[c]) for c in cols) + " |")
     return "\n".join(lines)
 
 
@@ -263,7 +283,6 @@ class TreeSampler:
     def __init__(self, pid: int, interval: float = 0.2) -> None:
         import psutil
 
-        self._psutil = psutil
         self.root = psutil.Process(pid)
         self.interval = interval
         self.peak = TreePeak()
@@ -277,6 +296,7 @@ class TreeSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        self.sample()  # the state at the end counts too (it may be the peak)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -284,30 +304,42 @@ class TreeSampler:
             self._stop.wait(self.interval)
 
     def sample(self) -> None:
-        psutil = self._psutil
-        try:
-            procs = [self.root, *self.root.children(recursive=True)]
-        except psutil.Error:
+        members = tree_members_rss(self.root)
+        if not members:
             return
-        total = 0
-        largest, largest_rss = None, 0
-        for proc in procs:
-            try:
-                rss = proc.memory_info().rss
-            except psutil.Error:
-                continue
-            total += rss
-            if proc.pid == self.root.pid:
-                self.peak.root_peak_rss_mb = max(self.peak.root_peak_rss_mb, rss / MB)
-            if rss > largest_rss:
-                largest, largest_rss = proc, rss
+        total = sum(rss for _, rss in members)
+        largest, largest_rss = max(members, key=lambda m: m[1])
+        root_rss = next((rss for proc, rss in members if proc.pid == self.root.pid), 0)
         p = self.peak
+        p.root_peak_rss_mb = max(p.root_peak_rss_mb, root_rss / MB)
         p.samples += 1
-        p.max_processes = max(p.max_processes, len(procs))
+        p.max_processes = max(p.max_processes, len(members))
         p.peak_tree_rss_mb = max(p.peak_tree_rss_mb, total / MB)
-        if largest is not None and largest_rss / MB > p.peak_single_rss_mb:
+        if largest_rss / MB > p.peak_single_rss_mb:
             p.peak_single_rss_mb = largest_rss / MB
             p.largest_process = _describe(largest)
+
+
+def tree_members_rss(root: Any) -> list[tuple[Any, int]]:
+    """``root`` (a pid or a psutil.Process) and its descendants, each with its RSS in bytes;
+    processes that vanish while being read are left out (empty when ``root`` is gone)."""
+    import psutil
+
+    try:
+        root = root if isinstance(root, psutil.Process) else psutil.Process(root)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+    members = []
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            members.append((proc, proc.memory_info().rss))
+    return members
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of ``pid`` and its descendants right now (0 when it is gone)."""
+    return sum(rss for _, rss in tree_members_rss(pid))
 
 
 @dataclass
@@ -408,32 +440,6 @@ def child_env(**overrides: str) -> dict[str, str]:
 # The one C++ Milvus server per machine
 
 
-def cpp_slot_busy() -> bool:
-    """True while a C++ Milvus server runs on this machine or the kit's lock for one is held.
-    Only one can run per machine (a second one dies in a Go panic; FACTS)."""
-    from helpers.milvus_server import cpp_slot_busy as busy
-
-    return busy()
-
-
-def wait_for_cpp_slot(timeout: float = 900.0, say: Callable[[str], object] = print) -> float:
-    """Wait until no C++ Milvus server runs (another session's notebook 01, say); the seconds
-    waited. Raises TimeoutError after ``timeout``."""
-    start = time.monotonic()
-    told = False
-    while cpp_slot_busy():
-        if not told:
-            say("waiting: another C++ Milvus server runs on this machine (only one can)...")
-            told = True
-        if time.monotonic() - start > timeout:
-            raise TimeoutError(f"a C++ Milvus server kept running for {timeout:.0f} s")
-        time.sleep(5)
-    return time.monotonic() - start
-
-
-CPP_LOCK_MESSAGE = "running a C++ Milvus server with this kit"
-
-
 def run_waiting_for_cpp(
     args: Sequence[str],
     *,
@@ -447,16 +453,18 @@ def run_waiting_for_cpp(
     the C++ server, wait for the machine's one slot first and retry a run that lost the race
     for it. Returns the last result and the seconds spent waiting."""
     waited = 0.0
+    from helpers.servers.cpp import SLOT_BUSY_HINT, wait_for_cpp_slot
+
     for attempt in range(attempts):
         if needs_cpp:
-            waited += wait_for_cpp_slot()
+            waited += wait_for_cpp_slot(900.0, on_wait=print)
         result = run_sampled(
             python_command(*args),
             log=log,
             env=child_env(GFL_RUN_DIR=str(runs_root)),
             timeout=timeout,
         )
-        if result.returncode == 0 or CPP_LOCK_MESSAGE not in result.log_tail(20_000):
+        if result.returncode == 0 or SLOT_BUSY_HINT not in result.log_tail(20_000):
             break
         print(f"attempt {attempt + 1}: another C++ Milvus server held the slot; retrying")
     return result, waited

@@ -42,7 +42,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,6 +51,7 @@ import numpy as np
 import pandas as pd
 
 from bench import search_quality as sq
+from bench.common import TreeSampler, markdown_table, tree_rss
 from helpers.settings import REPO_ROOT, Settings, get_settings
 
 NAME = "scaling"
@@ -105,44 +105,6 @@ def make_store(
 # ── memory ───────────────────────────────────────────────────────────────────────────
 
 
-def tree_rss(pid: int) -> int:
-    """Resident bytes of ``pid`` and its children (0 when it is gone)."""
-    import psutil
-
-    try:
-        proc = psutil.Process(pid)
-        procs = [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    total = 0
-    for p in procs:
-        with contextlib.suppress(psutil.Error):
-            total += p.memory_info().rss
-    return total
-
-
-class RssSampler:
-    """Sample the RSS of a process tree every ``every`` seconds in a thread; keeps the peak."""
-
-    def __init__(self, pid: int, every: float = 0.2) -> None:
-        self.pid, self.every, self.peak = pid, every, tree_rss(pid)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.every):
-            self.peak = max(self.peak, tree_rss(self.pid))
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, tree_rss(self.pid))
-
-
 # ── one (backend, size) in a fresh process ───────────────────────────────────────────
 
 
@@ -160,7 +122,7 @@ def worker(backend: str, size: int, work_dir: Path, warmup: int) -> dict[str, An
     exact_ids = hnsw_eval.exact_topk(store, queries, K)
     data_dir = work_dir / f"{backend}-{size}"
     settings = get_settings(run_dir=data_dir)
-    handle = sq.start_backend(settings, backend)
+    handle = sq.fresh_store(settings, backend)
     row: dict[str, Any] = {"backend": backend, "n": size}
     try:
         client = handle.client
@@ -177,7 +139,7 @@ def worker(backend: str, size: int, work_dir: Path, warmup: int) -> dict[str, An
         gc.collect()
         time.sleep(1.0)  # let a fresh server settle before the baseline
         base_rss = tree_rss(pid)
-        with RssSampler(pid) as sampler:
+        with TreeSampler(pid) as sampler:
             timings = hnsw_eval.build_hnsw_collection(
                 client, "scaling", store, M, EF_CONSTRUCTION, progress=False
             )
@@ -205,7 +167,7 @@ def worker(backend: str, size: int, work_dir: Path, warmup: int) -> dict[str, An
                 "rss_base_mb": base_rss / mib,
                 "rss_loaded_mb": loaded_rss / mib,
                 "rss_delta_mb": (after_rss - base_rss) / mib,
-                "peak_delta_mb": (sampler.peak - base_rss) / mib,
+                "peak_delta_mb": sampler.peak.peak_tree_rss_mb - base_rss / mib,
                 "raw_vectors_mb": store.nbytes / mib,
                 "recall_at_10": float(search["recall_at_10"].iloc[0]),
                 "p50_ms": float(search["p50_ms"].iloc[0]),
@@ -337,7 +299,7 @@ def markdown(df: pd.DataFrame) -> str:
         "up to 20,000 rows are real docstring embeddings; beyond that, real embeddings plus "
         f"Gaussian noise (sigma {NOISE_SIGMA}), re-normalised."
     )
-    return note + "\n\n" + sq.markdown_table(table, fmt)
+    return note + "\n\n" + markdown_table(table, floatfmt=fmt)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

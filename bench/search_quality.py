@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import shutil
 import sys
 import time
@@ -45,7 +44,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.common import markdown_table
 from helpers import hnsw_eval
+from helpers.hnsw_eval import _latency_summary
 from helpers.settings import Settings, get_settings
 
 NAME = "search_quality"
@@ -88,7 +89,6 @@ CPP_WAIT_S = 900.0
 # The brute-force check: top-k at ef=k vs ef=256 for this many queries (brute force: identical).
 EF_CHECK_QUERIES = 50
 EF_CHECK_HIGH = 256
-CPP_RETRY_EVERY_S = 15.0
 
 
 def log(message: str) -> None:
@@ -138,16 +138,6 @@ def real_vectors(
     return corpus, queries, info
 
 
-def latency_summary(times_ms: Sequence[float]) -> dict[str, float]:
-    """p50, p99 and mean of per-call latencies in milliseconds."""
-    arr = np.asarray(times_ms, dtype=float)
-    return {
-        "p50_ms": float(np.percentile(arr, 50)),
-        "p99_ms": float(np.percentile(arr, 99)),
-        "mean_ms": float(arr.mean()),
-    }
-
-
 @contextlib.contextmanager
 def faiss_threads(n: int) -> Iterator[None]:
     """FAISS (OpenMP) with ``n`` threads inside the block, the previous count restored after.
@@ -164,41 +154,12 @@ def faiss_threads(n: int) -> Iterator[None]:
         faiss.omp_set_num_threads(before)
 
 
-def start_backend(settings: Settings, backend: str, *, wait_s: float = CPP_WAIT_S):
-    """``start_milvus(fresh=True)``; for the C++ server wait while another session holds the
-    machine's only slot (the lead may be running tests), retrying every 15 s."""
-    from helpers.milvus_server import MilvusServerError, start_milvus
+def fresh_store(settings: Settings, backend: str) -> Any:
+    """A fresh store on ``backend`` (``fresh=True``); for the C++ server, wait while another
+    session holds the machine's one slot (the lead may be running tests)."""
+    from helpers.milvus_server import start_backend as start
 
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            return start_milvus(settings, backend=backend, fresh=True)
-        except MilvusServerError as exc:
-            busy = "only one can run per machine" in str(exc) or "already running" in str(exc)
-            if backend != "milvus" or not busy or time.monotonic() > deadline:
-                raise
-            log(f"another C++ Milvus server is running; retrying in {CPP_RETRY_EVERY_S:.0f} s")
-            time.sleep(CPP_RETRY_EVERY_S)
-
-
-def markdown_table(df: pd.DataFrame, floatfmt: dict[str, str] | None = None) -> str:
-    """A GitHub markdown table (pandas' ``to_markdown`` needs ``tabulate``, not in the lock)."""
-    floatfmt = floatfmt or {}
-
-    def cell(col: str, value: Any) -> str:
-        if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-            return ""
-        if isinstance(value, bool | np.bool_):
-            return "yes" if value else "no"
-        if isinstance(value, float | np.floating):
-            return format(float(value), floatfmt.get(col, ".3g"))
-        return str(value)
-
-    cols = [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for _, row in df.iterrows():
-        lines.append("| " + " | ".join(cell(c, row[c]) for c in df.columns) + " |")
-    return "\n".join(lines)
+    return start(settings, backend, wait_s=CPP_WAIT_S, on_wait=log, fresh=True)
 
 
 # ── the measurements ─────────────────────────────────────────────────────────────────
@@ -219,7 +180,10 @@ def _time_single_queries(
         ids = search(query)
         times.append((time.perf_counter() - start) * 1000)
         found.append(ids)
-    return {"recall_at_10": hnsw_eval.recall_at_k(found, exact_ids, K), **latency_summary(times)}
+    return {
+        "recall_at_10": hnsw_eval.recall_at_k(found, exact_ids, K),
+        **_latency_summary(np.asarray(times)),
+    }
 
 
 def measure_numpy(
@@ -305,7 +269,7 @@ def measure_milvus(
     progress: bool = True,
 ) -> pd.DataFrame:
     """One Milvus backend: start it fresh, build and measure each M, stop it (always)."""
-    handle = start_backend(settings, backend)
+    handle = fresh_store(settings, backend)
     frames = []
     try:
         client = handle.client
@@ -502,11 +466,13 @@ def markdown(df: pd.DataFrame) -> str:
         f"IP, efConstruction={EF_CONSTRUCTION}. FAISS direct and numpy on 1 thread; lite is "
         "in-process, lite-server and milvus cross gRPC on loopback.",
         "",
-        markdown_table(main, fmt),
+        markdown_table(main, floatfmt=fmt),
         "",
         "Index build (Milvus: create_index until every row is indexed; FAISS: add):",
         "",
-        markdown_table(builds, {"index build s": ".2f", "recall@10 at smallest ef": ".3f"}),
+        markdown_table(
+            builds, floatfmt={"index build s": ".2f", "recall@10 at smallest ef": ".3f"}
+        ),
     ]
     return "\n".join(parts)
 

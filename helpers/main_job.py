@@ -3,19 +3,33 @@ then render its HTML report (:mod:`helpers.report`): ``<run folder>/index.html``
 
 ``./kit.sh run`` calls ``python -m helpers.main_job``. Each notebook gets the run folder as a
 parameter so its Milvus data, caches and figures land there, never in the repository.
+
+For a backend that runs as a server (``lite-server``, ``milvus``) the main job starts it once in
+the run folder, hands its URI to every notebook kernel (``GFL_MILVUS_BACKEND=remote``,
+``GFL_MILVUS_URI``, and ``GFL_MILVUS_SHARED_BACKEND`` naming the backend), and stops it at the
+end: one server start for the course instead of one per notebook. A notebook run alone starts
+and stops its own.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from helpers.settings import REPO_ROOT, Settings, get_settings
+from helpers.settings import (
+    REPO_ROOT,
+    SHAREABLE_BACKENDS,
+    Settings,
+    exported,
+    settings_or_exit,
+)
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 KERNEL_NAME = "gfl-kit"
@@ -129,30 +143,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    settings = get_settings()
+    settings = settings_or_exit()
     run_dir = new_run_dir(settings, args.run_id)
     out_dir = run_dir / "notebooks"
     out_dir.mkdir(exist_ok=True)
     todo = notebooks(args.only)
     print(f"Run folder: {run_dir}")
-    print(
-        f"Backend: {settings.milvus_backend}   notebooks: {len(todo)}   parameters: {'full' if args.full else 'quick'}"
-    )
+    mode = "full" if args.full else "quick"
+    print(f"Backend: {settings.milvus_backend}   notebooks: {len(todo)}   parameters: {mode}")
 
-    from tqdm.auto import tqdm
+    from helpers.milvus_server import MilvusServerError
 
-    results: list[NotebookResult] = []
-    bar = tqdm(todo, unit="notebook", file=sys.stdout, dynamic_ncols=True)
-    for nb in bar:
-        bar.set_description(nb.stem)
-        extra = parameters_for(nb.name, args.full)
-        result = run_notebook(nb, out_dir, run_dir, extra)
-        results.append(result)
-        status = "ok" if result.ok else "FAILED"
-        bar.write(f"  {nb.name:<40} {status:>6}  {result.seconds:6.1f} s")
-        if not result.ok and not args.keep_going:
-            break
-    bar.close()
+    try:
+        with shared_backend(settings.replace(run_dir=run_dir)):
+            results = _run_all(todo, out_dir, run_dir, args.full, args.keep_going)
+    except MilvusServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
     summary = [
         {
@@ -172,6 +179,50 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n{r.notebook} failed:\n{r.error[-3000:]}", file=sys.stderr)
         return 1
     return 0 if report_ok else 1
+
+
+def _run_all(
+    todo: list[Path], out_dir: Path, run_dir: Path, full: bool, keep_going: bool
+) -> list[NotebookResult]:
+    from tqdm.auto import tqdm
+
+    results: list[NotebookResult] = []
+    bar = tqdm(todo, unit="notebook", file=sys.stdout, dynamic_ncols=True)
+    for nb in bar:
+        bar.set_description(nb.stem)
+        result = run_notebook(nb, out_dir, run_dir, parameters_for(nb.name, full))
+        results.append(result)
+        status = "ok" if result.ok else "FAILED"
+        bar.write(f"  {nb.name:<40} {status:>6}  {result.seconds:6.1f} s")
+        if not result.ok and not keep_going:
+            break
+    bar.close()
+    return results
+
+
+@contextlib.contextmanager
+def shared_backend(settings: Settings) -> Iterator[dict[str, str]]:
+    """Start ``settings``' backend once, if it runs as a server, and export its URI to the
+    notebook kernels started inside the block; stop it on the way out. Yields the variables
+    exported (none for ``lite``, which runs inside each kernel, and for ``remote``)."""
+    backend = settings.milvus_backend
+    if backend not in SHAREABLE_BACKENDS or settings.milvus_shared_backend:
+        yield {}
+        return
+    from helpers.milvus_server import start_backend
+
+    handle = start_backend(settings, backend, wait_s=settings.server_start_timeout, on_wait=print)
+    try:
+        print(f"One {backend} server for every notebook: {handle.uri} (pid {handle.pid})")
+        values = {
+            "GFL_MILVUS_BACKEND": "remote",
+            "GFL_MILVUS_URI": handle.uri,
+            "GFL_MILVUS_SHARED_BACKEND": backend,
+        }
+        with exported(values):
+            yield values
+    finally:
+        handle.stop()
 
 
 def write_report(run_dir: Path) -> bool:

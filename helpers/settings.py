@@ -8,13 +8,19 @@ one place where we can make sure it is never printed.
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 BACKENDS = ("lite", "lite-server", "milvus", "remote")
+# Backends whose server the main job can start once and share with every notebook by URI.
+SHAREABLE_BACKENDS = ("lite-server", "milvus")
 GENERATORS = ("auto", "claude", "local")
 
 # The article's claude-3-opus-20240229 is retired; this is a current model and can be
@@ -26,14 +32,57 @@ class SettingsError(ValueError):
     """A setting has a value we cannot use; the message names the variable and the fix."""
 
 
-class Secret(str):
-    """A string that never shows itself in repr, str formatting of containers, or logs."""
+class Secret:
+    """A secret value that cannot leak by accident.
 
-    def __repr__(self) -> str:
-        return "Secret('***')" if self else "Secret('')"
+    Not a ``str``: ``str()``, ``repr()``, f-strings, ``%s`` and ``format`` all show ``***``,
+    ``json.dumps`` and string concatenation refuse it, and pickling is refused (a secret is never
+    stored). The only way to the value is the explicit :meth:`reveal`.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str | Secret = "") -> None:
+        raw = value.reveal() if isinstance(value, Secret) else value
+        if not isinstance(raw, str):
+            raise TypeError(f"a Secret holds a str, not {type(raw).__name__}")
+        object.__setattr__(self, "_value", raw)
 
     def reveal(self) -> str:
-        return str.__str__(self)
+        """The real value, for the one call that needs it (a client constructor)."""
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self._value else "Secret('')"
+
+    def __str__(self) -> str:
+        return "***" if self._value else ""
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash((Secret, self._value))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("a Secret cannot be changed")
+
+    def __copy__(self) -> Secret:
+        return self  # immutable: dataclasses.asdict and copy.deepcopy share it
+
+    def __deepcopy__(self, memo: dict) -> Secret:
+        return self
+
+    def __reduce__(self) -> tuple:
+        raise TypeError("a Secret is not pickled: secrets are never stored")
 
 
 def _env(name: str, default: str, environ: dict[str, str]) -> str:
@@ -70,6 +119,9 @@ class Settings:
 
     milvus_backend: str = "lite"
     milvus_uri: str = ""
+    # Set by the main job for its notebooks: the local backend it started once and shares by
+    # GFL_MILVUS_URI (notebooks then connect instead of starting and stopping their own).
+    milvus_shared_backend: str = ""
     milvus_token: Secret = field(default_factory=lambda: Secret(""), repr=False)
     data_dir: Path = REPO_ROOT / "data"
     run_dir: Path = REPO_ROOT / "runs"
@@ -91,9 +143,17 @@ class Settings:
                 "http://my-milvus:19530 or https://<cluster>.zillizcloud.com "
                 "(and GFL_MILVUS_TOKEN for Zilliz Cloud or an authenticated cluster)."
             )
+        shared = _env("GFL_MILVUS_SHARED_BACKEND", "", env).lower()
+        if shared and (shared not in SHAREABLE_BACKENDS or not uri):
+            raise SettingsError(
+                f"GFL_MILVUS_SHARED_BACKEND={shared!r} is set by the main job for its notebooks: "
+                f"it must be one of {', '.join(SHAREABLE_BACKENDS)} with GFL_MILVUS_URI set; "
+                "unset it to let each notebook start its own server."
+            )
         return cls(
             milvus_backend=backend,
             milvus_uri=uri,
+            milvus_shared_backend=shared,
             milvus_token=Secret(_env("GFL_MILVUS_TOKEN", "", env)),
             data_dir=Path(_env("GFL_DATA_DIR", str(REPO_ROOT / "data"), env))
             .expanduser()
@@ -114,7 +174,7 @@ class Settings:
                 changes[key] = Path(str(changes[key])).expanduser().resolve()
         for key in ("milvus_token", "anthropic_api_key"):
             if key in changes and not isinstance(changes[key], Secret):
-                changes[key] = Secret(str(changes[key] or ""))
+                changes[key] = Secret(changes[key] or "")  # type: ignore[arg-type]
         if "milvus_backend" in changes and changes["milvus_backend"] not in BACKENDS:
             raise SettingsError(
                 f"milvus_backend={changes['milvus_backend']!r}; use one of: {', '.join(BACKENDS)}."
@@ -156,3 +216,37 @@ def get_settings(**overrides: object) -> Settings:
     settings = Settings.from_env()
     clean = {k: v for k, v in overrides.items() if v is not None}
     return settings.replace(**clean) if clean else settings
+
+
+def settings_or_exit(**overrides: object) -> Settings:
+    """:func:`get_settings` for a command-line entry point: a bad setting prints its one-line
+    message (which names the variable and the fix) to stderr and exits with status 2, the
+    usage-error status of argparse, instead of a traceback."""
+    try:
+        return get_settings(**overrides)
+    except SettingsError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        raise SystemExit(2) from None
+
+
+def child_environment(**extra: str) -> dict[str, str]:
+    """This process's environment plus ``extra``, for a child process that needs more."""
+    env = dict(os.environ)
+    env.update(extra)
+    return env
+
+
+@contextmanager
+def exported(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the child processes started inside the block (the main
+    job's notebook kernels), and restore the previous values afterwards."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -16,7 +16,6 @@ descendant of pytest): other sessions on the same machine may run servers of the
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import os
 import queue
@@ -32,7 +31,11 @@ from pathlib import Path
 import psutil
 import pytest
 
+from helpers.servers import CppSlotBusy, process, start_backend, wait_for_cpp_slot
+from helpers.servers.process import server_kind
 from helpers.settings import Settings, get_settings
+
+__all__ = ["server_kind", "start_backend"]  # re-exported for the tests
 
 REPO = Path(__file__).resolve().parent.parent
 LITE_VERSION = "milvus_lite-3.2.2"
@@ -45,26 +48,12 @@ _BASETEMP: list[Path] = []  # pytest's temporary root, where every test server k
 # --- processes and ports -----------------------------------------------------------------------
 
 
-def server_kind(cmd: list[str]) -> str | None:
-    """'lite' for a ``milvus-lite server`` command line, 'cpp' for ``milvus run standalone``."""
-    if len(cmd) >= 3 and Path(cmd[0]).name == "milvus" and cmd[1:3] == ["run", "standalone"]:
-        return "cpp"
-    for arg, nxt in itertools.pairwise(cmd):
-        if Path(arg).name == "milvus-lite" and nxt == "server":
-            return "lite"
-    return None
-
-
 def milvus_processes() -> dict[int, str]:
     """Live (non-zombie) Milvus server processes on this machine: pid -> command line."""
     found: dict[int, str] = {}
-    for proc in psutil.process_iter(["cmdline", "status"]):
+    for proc in process.milvus_processes():
         with contextlib.suppress(psutil.Error):
-            if proc.info["status"] == psutil.STATUS_ZOMBIE:
-                continue
-            cmd = proc.info["cmdline"] or []
-            if server_kind(cmd):
-                found[proc.pid] = " ".join(cmd)[:200]
+            found[proc.pid] = " ".join(proc.cmdline())[:200]
     return found
 
 
@@ -141,49 +130,13 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_cpp(settings: Settings, *, wait_for_other: float = 90.0, **kwargs: object):
-    """``start_milvus(backend="milvus")``, waiting a while if another session's C++ server runs.
-
-    Only one C++ server can run per machine; a notebook run elsewhere on the machine may hold
-    the slot for a minute. A failure for any other reason is raised at once.
-    """
-    from helpers.milvus_server import MilvusServerError, start_milvus
-
-    deadline = time.monotonic() + wait_for_other
-    while True:
-        try:
-            return start_milvus(settings, backend="milvus", **kwargs)  # type: ignore[arg-type]
-        except MilvusServerError as exc:
-            foreign = "Another" in str(exc) and not any(
-                started_by_these_tests(pid) for pid in milvus_processes()
-            )
-            if not foreign or time.monotonic() > deadline:
-                raise
-            time.sleep(2)
-
-
 def wait_for_no_cpp_server(timeout: float = 90.0) -> None:
     """Before a child process starts a C++ server: wait while another one runs on this machine
     (another session's notebook, say); only one can run at a time."""
-
-    from helpers.milvus_server import cpp_slot_busy
-
-    def none_running() -> bool:
-        # neither running nor about to run: the kit holds its lock from before the start
-        if [c for c in milvus_processes().values() if "run standalone" in c]:
-            return False
-        return not cpp_slot_busy()
-
-    if not wait_until(none_running, timeout, step=1.0):
+    try:
+        wait_for_cpp_slot(timeout)
+    except CppSlotBusy:
         pytest.fail(f"a C++ Milvus server kept running for {timeout:.0f} s: {milvus_processes()}")
-
-
-def start_backend(settings: Settings, backend: str, **kwargs: object):
-    from helpers.milvus_server import start_milvus
-
-    if backend == "milvus":
-        return start_cpp(settings, **kwargs)
-    return start_milvus(settings, backend=backend, **kwargs)  # type: ignore[arg-type]
 
 
 # --- child Python processes -------------------------------------------------------------------
@@ -285,6 +238,24 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Child]]:
     for child in children:
         if child.proc.poll() is None:
             child.kill()
+
+
+@pytest.fixture
+def external_lite_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A milvus-lite server somebody else runs (started here directly, not by the kit)."""
+    port = closed_port()
+    exe = Path(sys.executable).with_name("milvus-lite")
+    proc = subprocess.Popen(
+        [str(exe), "server", "--data-dir", str(tmp_path / "external"), "--host", "127.0.0.1",
+         "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert wait_until(lambda: port in listening_ports(proc.pid), 30)
+        yield f"http://127.0.0.1:{port}", proc
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
 
 
 # --- settings and process guards --------------------------------------------------------------

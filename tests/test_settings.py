@@ -32,13 +32,13 @@ def test_defaults_with_an_empty_environment() -> None:
     s = Settings.from_env(environ={})
     assert s.milvus_backend == "lite"
     assert s.milvus_uri == ""
-    assert s.milvus_token == "" and isinstance(s.milvus_token, Secret)
+    assert not s.milvus_token and isinstance(s.milvus_token, Secret)
     assert s.data_dir == (REPO_ROOT / "data").resolve()
     assert s.run_dir == (REPO_ROOT / "runs").resolve()
     assert s.seed == 42
     assert s.generator == "auto"
     assert s.claude_model == DEFAULT_CLAUDE_MODEL
-    assert s.anthropic_api_key == "" and not s.has_anthropic_key
+    assert not s.anthropic_api_key and not s.has_anthropic_key
     assert s.anthropic_base_url == ""
     assert s.server_start_timeout == 60.0
     # The dataclass defaults and the environment defaults agree.
@@ -194,6 +194,94 @@ def test_secrets_never_appear_in_repr_str_or_describe() -> None:
     # The values are still there for the code that needs them.
     assert s.anthropic_api_key.reveal() == API_KEY
     assert s.milvus_token.reveal() == MILVUS_TOKEN
+
+
+def test_a_secret_shows_only_stars_through_every_formatting_path() -> None:
+    """Issue 10: a ``str`` subclass printed the real key through str(), f-strings, %s and
+    json.dumps. The only way out is the explicit reveal()."""
+    secret = Secret(API_KEY)
+    assert not isinstance(secret, str)
+    shown = [
+        str(secret),
+        repr(secret),
+        f"{secret}",
+        f"{secret!s}",
+        f"{secret!r}",
+        f"{secret:>60}",
+        "%s" % secret,  # noqa: UP031 (the path under test)
+        "%r" % secret,  # noqa: UP031
+        "{}".format(secret),  # noqa: UP032
+        format(secret),
+        str([secret]),
+        str({"key": secret}),
+        repr((secret,)),
+    ]
+    for text in shown:
+        assert API_KEY not in text and "TEST-KEY" not in text
+        assert "***" in text
+    # Paths that would copy the value out refuse instead.
+    with pytest.raises(TypeError):
+        json.dumps(secret)
+    with pytest.raises(TypeError):
+        json.dumps({"api_key": secret})
+    with pytest.raises(TypeError):
+        _ = "key=" + secret  # type: ignore[operator]
+    with pytest.raises(TypeError):
+        "".join([secret])  # type: ignore[list-item]
+    import pickle
+
+    with pytest.raises(TypeError, match="never stored"):
+        pickle.dumps(secret)
+    with pytest.raises(AttributeError):
+        secret._value = "changed"  # type: ignore[misc]
+    # What code may do with it: test it, compare it, reveal it on purpose.
+    assert secret and not Secret("") and str(Secret("")) == ""
+    assert secret == Secret(API_KEY) and secret != Secret("other") and secret != API_KEY
+    assert Secret(secret).reveal() == API_KEY == secret.reveal()
+    with pytest.raises(TypeError):
+        Secret(12345)  # type: ignore[arg-type]
+
+
+def test_a_secret_in_a_log_record_shows_only_stars(caplog) -> None:
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("gfl.test").info(
+            "calling with %s and %r", Secret(API_KEY), Secret(API_KEY)
+        )
+    assert API_KEY not in caplog.text and "***" in caplog.text
+
+
+def test_settings_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
+    """Issue 16: a bad setting ends the main job (and any CLI using settings_or_exit) with the
+    message alone and status 2, not a traceback."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "GFL_MILVUS_BACKEND": "bogus", "PYTHONPATH": str(REPO_ROOT)}
+    env["GFL_RUN_DIR"] = str(tmp_path)
+    for args in (
+        ["-m", "helpers.main_job", "--only", "01"],
+        ["-c", "from helpers.settings import settings_or_exit; settings_or_exit()"],
+    ):
+        done = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,
+                              cwd=REPO_ROOT, timeout=120)  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert lines == [lines[0]] and "GFL_MILVUS_BACKEND='bogus'" in lines[0], done.stderr
+        assert "Traceback" not in done.stderr
+    assert not list(tmp_path.iterdir())  # nothing was created before the check
+
+
+def test_the_main_jobs_shared_backend_is_read_and_checked() -> None:
+    env = {"GFL_MILVUS_BACKEND": "remote", "GFL_MILVUS_URI": "http://127.0.0.1:19530",
+           "GFL_MILVUS_SHARED_BACKEND": "milvus"}  # fmt: skip
+    assert Settings.from_env(environ=env).milvus_shared_backend == "milvus"
+    for bad in ({**env, "GFL_MILVUS_SHARED_BACKEND": "lite"},
+                {"GFL_MILVUS_SHARED_BACKEND": "milvus"}):  # fmt: skip
+        with pytest.raises(SettingsError, match="GFL_MILVUS_SHARED_BACKEND"):
+            Settings.from_env(environ=bad)
 
 
 def test_describe_lists_every_setting() -> None:
