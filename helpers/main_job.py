@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = settings_or_exit()
+    started = time.perf_counter()
     run_dir = new_run_dir(settings, args.run_id)
     out_dir = run_dir / "notebooks"
     out_dir.mkdir(exist_ok=True)
@@ -177,8 +178,27 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         for r in failed:
             print(f"\n{r.notebook} failed:\n{r.error[-3000:]}", file=sys.stderr)
-        return 1
-    return 0 if report_ok else 1
+    print(closing_line(results, run_dir / "index.html", time.perf_counter() - started, report_ok))
+    return 1 if failed or not report_ok else 0
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest:02d} s" if minutes else f"{rest} s"
+
+
+def closing_line(
+    results: list[NotebookResult], index: Path, seconds: float, report_ok: bool
+) -> str:
+    """The main job's last line: how it went, how long it took, the slowest notebook, and
+    where the report is (what a newcomer looks for after the progress scrolls by)."""
+    failed = [r.notebook for r in results if not r.ok]
+    status = f"{len(failed)} of {len(results)} notebooks FAILED" if failed else (
+        f"{len(results)} notebooks ok")  # fmt: skip
+    slowest = max(results, key=lambda r: r.seconds, default=None)
+    longest = f"; longest {Path(slowest.notebook).stem} ({slowest.seconds:.0f} s)" if slowest else ""
+    where = f"report: {index}" if report_ok else "no report (see the error above)"
+    return f"Done in {_duration(seconds)}: {status}{longest}; {where}"
 
 
 def _run_all(

@@ -404,5 +404,23 @@ def test_the_real_main_job_leaves_a_report_that_chromium_shows(tmp_path: Path) -
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     index = tmp_path / "runs" / "real" / "index.html"
     assert "Report (" in result.stdout and str(index) in result.stdout
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("Done in ") and f"report: {index}" in last, last
     page = assert_report_resolves(index, tmp_path / "profile")
     assert "report/02_schema_and_collection.html" in {unquote(h) for h in page.hrefs}
+
+
+def test_the_main_job_closes_with_time_slowest_notebook_and_report() -> None:
+    results = [
+        main_job.NotebookResult("01_a.ipynb", Path("a"), 9.4, True),
+        main_job.NotebookResult("08_b.ipynb", Path("b"), 167.2, True),
+        main_job.NotebookResult("03_c.ipynb", Path("c"), 37.0, True),
+    ]
+    line = main_job.closing_line(results, Path("runs/x/index.html"), 385.0, True)
+    assert line == (
+        "Done in 6 min 25 s: 3 notebooks ok; longest 08_b (167 s); report: runs/x/index.html"
+    )
+    results[2].ok = False
+    line = main_job.closing_line(results, Path("runs/x/index.html"), 42.0, False)
+    assert line.startswith("Done in 42 s: 1 of 3 notebooks FAILED; longest 08_b (167 s)")
+    assert line.endswith("no report (see the error above)")
