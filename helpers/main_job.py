@@ -196,7 +196,9 @@ def closing_line(
     status = f"{len(failed)} of {len(results)} notebooks FAILED" if failed else (
         f"{len(results)} notebooks ok")  # fmt: skip
     slowest = max(results, key=lambda r: r.seconds, default=None)
-    longest = f"; longest {Path(slowest.notebook).stem} ({slowest.seconds:.0f} s)" if slowest else ""
+    longest = (
+        f"; longest {Path(slowest.notebook).stem} ({slowest.seconds:.0f} s)" if slowest else ""
+    )
     where = f"report: {index}" if report_ok else "no report (see the error above)"
     return f"Done in {_duration(seconds)}: {status}{longest}; {where}"
 

@@ -80,7 +80,9 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
                 lab.api("/api/status")
                 break
             except OSError:
-                assert time.monotonic() < deadline, f"JupyterLab did not answer:\n{log.read_text()[-3000:]}"
+                assert time.monotonic() < deadline, (
+                    f"JupyterLab did not answer:\n{log.read_text()[-3000:]}"
+                )
                 time.sleep(0.5)
         yield lab
     finally:
