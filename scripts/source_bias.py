@@ -27,6 +27,7 @@ log = logging.getLogger("source_bias")
 
 RESULTS = REPO_ROOT / "docs" / "results" / "source_bias"
 DOC = REPO_ROOT / "docs" / "source-bias.md"
+GENERATOR_THREADS = 1
 
 
 def _commit() -> str:
@@ -39,11 +40,28 @@ def _commit() -> str:
         return "unknown"
 
 
-def make_twins(taverns: pd.DataFrame, run_dir: Path, seed: int) -> pd.DataFrame:
+def make_twins(
+    taverns: pd.DataFrame, run_dir: Path, seed: int, shard: tuple[int, int] | None = None
+) -> pd.DataFrame:
+    """Twins of all taverns, or of every n-th one from k (``shard=(k, n)``: run n processes to
+    use n cores; each writes its own cache, merged into the main one by the next full run)."""
     from helpers.generators import LocalGenerator
 
-    generator = LocalGenerator(default_seed=seed)
-    return sb.generate_twins(generator, taverns, run_dir / "twins.jsonl", seed=seed)
+    cache = run_dir / "twins.jsonl"
+    if shard is not None:
+        k, n = shard
+        taverns = taverns.iloc[k::n]
+        cache = run_dir / f"twins-shard{k}of{n}.jsonl"
+    else:
+        for part in sorted(run_dir.glob("twins-shard*.jsonl")):
+            with cache.open("a", encoding="utf-8") as fh:
+                fh.write(part.read_text(encoding="utf-8"))
+            part.unlink()
+
+    # One thread: on a shared, busy machine two llama.cpp threads wait on each other; the
+    # thread count is part of what makes the text reproducible, so it is fixed here.
+    generator = LocalGenerator(default_seed=seed, n_threads=GENERATOR_THREADS)
+    return sb.generate_twins(generator, taverns, cache, seed=seed)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -56,6 +74,10 @@ def run(args: argparse.Namespace) -> None:
     queries = load_queries(settings=settings, taverns=taverns)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.shard:
+        k, n = (int(x) for x in args.shard.split("/"))
+        make_twins(taverns, run_dir, settings.seed, (k, n))
+        return
     if args.generate:
         twins = make_twins(taverns, run_dir, settings.seed)
         twins.to_csv(out / "twins.csv", index=False)
@@ -186,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--generate", action="store_true", help="make or resume the twins")
     parser.add_argument("--twins-only", action="store_true", help="stop after the twins")
+    parser.add_argument("--shard", help="K/N: only make the twins of taverns K, K+N, ...")
     parser.add_argument("--doc-only", action="store_true", help="rewrite the doc from the CSVs")
     parser.add_argument("--out", default=str(RESULTS), help="results folder")
     args = parser.parse_args(argv)

@@ -69,11 +69,18 @@ def _toy():
         {"tavern_id": ["a", "b", "c"], "description": ["human a", "human b", "human c"]}
     )
     twins = pd.DataFrame(
-        {"tavern_id": ["a", "b", "c"], "matched": [True, True, False], "text": ["gen a", "gen b", "x"]}
+        {
+            "tavern_id": ["a", "b", "c"],
+            "matched": [True, True, False],
+            "text": ["gen a", "gen b", "x"],
+        }
     )
     queries = pd.DataFrame(
-        {"query_id": ["q1", "q2", "q3"], "query": ["x", "y", "z"],
-         "relevant": [("a",), ("a", "b"), ("c",)]}
+        {
+            "query_id": ["q1", "q2", "q3"],
+            "query": ["x", "y", "z"],
+            "relevant": [("a",), ("a", "b"), ("c",)],
+        }
     )
     return taverns, twins, queries
 
@@ -139,7 +146,10 @@ def test_fit_length_cuts_whole_sentences():
     assert sb.fit_length(" ".join([s10] * 4), 60) is None  # 40 words: too short
     assert sb.fit_length("word " * 80 + "end.", 60) is None  # one sentence overshoots
     assert sb.split_sentences('He said "Go." Then left! Why? Yes.') == [
-        'He said "Go."', "Then left!", "Why?", "Yes."
+        'He said "Go."',
+        "Then left!",
+        "Why?",
+        "Yes.",
     ]
     assert sb.token_cap(60) >= 66  # room for the longest acceptable twin
 
@@ -150,6 +160,9 @@ def test_copy_share_and_name_retention():
     assert sb.copy_share("A wholly different sentence about nothing at all.", human) == 0.0
     # capitalised in human: Frodo, Prancing, Pony, Bree, Sam; the twin keeps Sam, Frodo, Bree
     assert sb.name_retention("Sam and Frodo rest in Bree.", human) == pytest.approx(3 / 5)
+    assert sb.is_rewrite("Sam and Frodo rest in Bree, in the Pony.", human)  # 4/5 names, 0 copied
+    assert not sb.is_rewrite(human, human)  # a copy
+    assert not sb.is_rewrite("Sam rests at an inn.", human)  # 1/5 names kept
 
 
 def test_a_real_twin_follows_the_rule():
@@ -159,9 +172,9 @@ def test_a_real_twin_follows_the_rule():
         "The Golden Perch is the inn of Stock, a village in the Eastfarthing of the Shire not far "
         "from the Brandywine. Pippin Took praises it for serving the best beer in the Eastfarthing."
     )
-    twin = sb.make_twin(LocalGenerator(), "golden-perch", human, seed=5, max_attempts=1)
+    twin = sb.make_twin(LocalGenerator(n_threads=1), "golden-perch", human, seed=5, max_attempts=1)
     assert twin.attempts == 1 and twin.seed == 5 and twin.human_words == sb.word_count(human)
-    rule = sb.length_ok(twin.twin_words, twin.human_words) and twin.copy_share <= sb.MAX_COPY_SHARE
+    rule = sb.length_ok(twin.twin_words, twin.human_words) and sb.is_rewrite(twin.text, human)
     assert twin.matched == rule
     assert twin.text.strip()
 
@@ -195,6 +208,7 @@ def test_three_taverns_end_to_end(tmp_path):
         "BM25 (Milvus full text)",
     ]
     n_pairs = sum(len(r) for r in queries["relevant"])
+    assert len(per_query) == 4 * len(queries)  # every query has a relevant matched tavern
     assert (summary["n_pairs"] == n_pairs).all()
     assert summary["share_twin_above"].between(0, 1).all()
     assert (summary["share_ci_low"] <= summary["share_twin_above"]).all()
