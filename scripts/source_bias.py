@@ -133,19 +133,21 @@ def render_doc(summary: pd.DataFrame, twins: pd.DataFrame) -> str:
     matched = twins[twins["matched"]]
     n_unmatched = n_taverns - len(matched)
     k = int(summary["ndcg_k"].iloc[0])
+    temps = ", ".join(map(str, sb.REWRITE_TEMPERATURES))
     lines = [
         "# Source bias: do the retrievers prefer generated text? (generated file)",
         "",
         "Written by `scripts/source_bias.py` from `docs/results/source_bias/summary.csv` and "
-        "`twins.csv`; do not edit by hand. Method: `helpers/source_bias.py` (after Dai et al., "
+        "`twins.csv`; do not edit by hand. Method: `helpers/source_bias/` (after Dai et al., "
         "KDD 2024).",
         "",
         "## Twins",
         f"Each of the {n_taverns} taverns' human descriptions was rewritten by the local "
-        f"generator (SmolLM2-135M, temperature {sb.REWRITE_TEMPERATURE}, one seed per attempt, at "
-        f"most {sb.MAX_ATTEMPTS} attempts), cut back to whole sentences, and accepted when its word "
-        f"count was within {_pct(sb.LENGTH_TOLERANCE)} of the human text's and at most "
-        f"{_pct(sb.MAX_COPY_SHARE)} of its word 4-grams were copied from it. "
+        f"generator (SmolLM2-135M; at most {sb.MAX_ATTEMPTS} attempts, each with its own seed, at "
+        f"temperatures {temps}), cut back to whole sentences, and accepted when its word count "
+        f"was within {_pct(sb.LENGTH_TOLERANCE)} of the human text's, at most "
+        f"{_pct(sb.MAX_COPY_SHARE)} of its word 4-grams were copied from it and at least "
+        f"{_pct(sb.MIN_NAME_RETENTION)} of its names were kept. "
         f"{len(matched)} twins were accepted; {n_unmatched} taverns could not be matched and are "
         "left out of the comparison (their human text stays in the corpus).",
         "",

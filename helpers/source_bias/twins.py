@@ -15,7 +15,7 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 LENGTH_TOLERANCE = 0.10  # the twin's word count may differ from the human text's by 10 %
-MAX_ATTEMPTS = 5  # seeds tried per tavern before it is recorded as unmatched
+MAX_ATTEMPTS = 3  # seeds tried per tavern before it is recorded as unmatched
 MAX_COPY_SHARE = 0.6  # a twin copying more of its word 4-grams from the human text is no rewrite
 MIN_NAME_RETENTION = 0.6  # ... and one keeping fewer of its names has lost the facts
 TOKENS_PER_WORD = 1.6  # generous: SmolLM2 spends about 1.3 tokens per English word
@@ -25,8 +25,9 @@ REWRITE_PROMPT = (
     "Rewrite this description of a tavern in your own words, in about {n_words} words. "
     "Keep every name, place and fact; add nothing.\n\n{text}"
 )
-# Greedy decoding copies the text nearly word for word; at 0.7 it loses the facts (tried).
-REWRITE_TEMPERATURE = 0.3
+# Temperature of attempt 1, 2, 3, ...: greedy decoding copies the text nearly word for word, at
+# 0.7 the facts are lost (tried), so each retry moves a step further from the text.
+REWRITE_TEMPERATURES = (0.3, 0.45, 0.6)
 
 # ---------------------------------------------------------------------------------------------
 # Length matching
@@ -136,9 +137,10 @@ def make_twin(
     max_attempts: int = MAX_ATTEMPTS,
     tolerance: float = LENGTH_TOLERANCE,
 ) -> Twin:
-    """Rewrite ``human`` with seeds ``seed``, ``seed + 1``, ... until a rewrite, cut back to
-    whole sentences, is within ``tolerance`` of its length and passes :func:`is_rewrite`. After ``max_attempts`` the tavern is unmatched (the
-    last attempt is kept for inspection, but excluded from the test)."""
+    """Rewrite ``human`` with seeds ``seed``, ``seed + 1``, ... (and rising temperatures) until
+    a rewrite, cut back to whole sentences, is within ``tolerance`` of its length and passes
+    :func:`is_rewrite`. After ``max_attempts`` the tavern is unmatched (the last attempt is kept
+    for inspection, but excluded from the test)."""
     target = word_count(human)
     prompt = REWRITE_PROMPT.format(n_words=target, text=human)
     text = ""
@@ -148,7 +150,7 @@ def make_twin(
             prompt,
             system=REWRITE_SYSTEM,
             max_tokens=token_cap(target, tolerance),
-            temperature=REWRITE_TEMPERATURE,
+            temperature=REWRITE_TEMPERATURES[min(attempt, len(REWRITE_TEMPERATURES)) - 1],
             seed=s,
         ).text
         fitted = fit_length(raw, target, tolerance)
