@@ -74,6 +74,20 @@ def run(args: argparse.Namespace) -> None:
     queries = load_queries(settings=settings, taverns=taverns)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.shard == "reverse":  # one more worker, from the last tavern back, skipping done ones
+        from helpers.generators import LocalGenerator
+
+        generator = LocalGenerator(default_seed=settings.seed, n_threads=GENERATOR_THREADS)
+        for i in reversed(taverns.index):
+            caches = [run_dir / "twins.jsonl", *sorted(run_dir.glob("twins-shard*.jsonl"))]
+            if taverns.at[i, "tavern_id"] not in sb.read_cache(caches):
+                sb.generate_twins(
+                    generator,
+                    taverns.loc[[i]],
+                    run_dir / "twins-shard-reverse.jsonl",
+                    seed=settings.seed,
+                )
+        return
     if args.shard:
         k, n = (int(x) for x in args.shard.split("/"))
         make_twins(taverns, run_dir, settings.seed, (k, n))
@@ -229,7 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generate", action="store_true", help="make or resume the twins")
     parser.add_argument("--twins-only", action="store_true", help="stop after the twins")
     parser.add_argument("--collect", action="store_true", help="twins.csv from the caches")
-    parser.add_argument("--shard", help="K/N: only make the twins of taverns K, K+N, ...")
+    parser.add_argument(
+        "--shard",
+        help="K/N: only the twins of taverns K, K+N, ...; reverse: all not done, from the end",
+    )
     parser.add_argument("--doc-only", action="store_true", help="rewrite the doc from the CSVs")
     parser.add_argument("--out", default=str(RESULTS), help="results folder")
     args = parser.parse_args(argv)
