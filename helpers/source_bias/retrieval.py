@@ -100,7 +100,7 @@ def bm25_search(client: Any, name: str, queries: Sequence[str], limit: int) -> l
 
 
 # ---------------------------------------------------------------------------------------------
-# Encoders and the debiasing projection
+# Encoders
 
 
 def encode_minilm(texts: Sequence[str], queries: bool) -> np.ndarray:
