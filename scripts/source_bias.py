@@ -224,7 +224,13 @@ def render_doc(summary: pd.DataFrame, twins: pd.DataFrame) -> str:
             f"{r.ndcg_generated:.3f} | {_pct(r.relative_difference)} "
             f"({_pct(r.rd_ci_low)} to {_pct(r.rd_ci_high)}) |"
         )
-    lines += ["", "## Reading"]
+    lines += [
+        "",
+        "## Reading",
+        f"Each verdict reads one 95 % interval; the {2 * len(summary)} intervals (retrievers x "
+        "2 measures) are not corrected for multiplicity.",
+        "",
+    ]
     for _, row in summary.iterrows():
         lines.append(
             f"- **{row.retriever}** {_verdict_share(row)}; its relative difference is "
