@@ -80,7 +80,11 @@ def unit_slopes(
 
 
 def unit_levels(
-    frame: pd.DataFrame, value: str, level: float = 0.0, *, units: Sequence[str] = ("seed", "cluster")
+    frame: pd.DataFrame,
+    value: str,
+    level: float = 0.0,
+    *,
+    units: Sequence[str] = ("seed", "cluster"),
 ) -> pd.Series:
     """Mean of ``value - level`` over each unit's finite rows (a claim about a level against a
     neutral expectation ``level``, e.g. over-representation 1). NaN for a unit with none."""
