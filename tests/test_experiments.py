@@ -274,3 +274,66 @@ def test_a_sweep_shares_the_iterations_the_policies_have_in_common(settings, loc
         assert chen["estimate"].notna().all()  # accumulate hf 1 is in this sweep
     finally:
         milvus.stop()
+
+
+# --- docs/experiments.md is generated from docs/results/ -----------------------------------------
+
+
+def _doc_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "make_experiments_doc.py"
+    spec = importlib.util.spec_from_file_location("make_experiments_doc", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_committed_doc_is_what_the_results_regenerate() -> None:
+    doc = _doc_script()
+    assert doc.DOC.read_text(encoding="utf-8") == doc.render(), (
+        "docs/experiments.md differs from its tables: run scripts/make_experiments_doc.py"
+    )
+    assert doc.main(["--check"]) == 0
+
+
+def test_the_doc_states_only_numbers_from_the_tables(tmp_path) -> None:
+    import json
+
+    doc = _doc_script()
+    units = _units([("replace", 0.0), ("accumulate", 0.0)], [-0.02, 0.0])
+    run_table = units.groupby([*cl.ARM_COLUMNS, "iteration"], as_index=False)["m"].mean()
+    claims = (ex.Claim("A", "falls", "m", "replace", 0.0, -1, 0.005),
+              ex.Claim("B", "flat", "m", "accumulate", 0.0, -1, 0.005))  # fmt: skip
+    folder = tmp_path / "results" / "synthetic"
+    folder.mkdir(parents=True)
+    checks = ex.literature_checks(run_table, claims, units=[units], n_boot=300)
+    checks.to_csv(folder / "checks.csv", index=False)
+    ex.power_table(run_table, claims, units=[units], n_boot=300).to_csv(
+        folder / "power.csv", index=False
+    )
+    manifest = {
+        "name": "synthetic", "commit": "0123456789abcdef", "started_utc": "2026-12-01T00:00:00",
+        "minutes": 1.5, "generated": 10, "answered_from_shared": 2,
+        "parameters": {"arms": ["replace:0", "accumulate:0"], "seeds": [1, 2, 3],
+                       "loop": {"iterations": 6, "n_taverns": 12, "max_tokens": 40,
+                                "context_chars": 400, "k": 3},
+                       "model": "m", "llama_threads": 1, "n_boot": 300, "backend": "lite"},
+        "machine": {"platform": "p", "python": "3.11", "cpus": 2,
+                    "load_average_at_start": [1.0, 1.0, 1.0]},
+    }  # fmt: skip
+    (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    text = doc.render(tmp_path / "results")
+    a, b = checks.iloc[0], checks.iloc[1]
+    assert f"| {a['estimate']:+.3g} | [{a['ci_low']:+.3g}, {a['ci_high']:+.3g}] |" in text
+    assert "**reproduced**" in text and "**not detected**" in text
+    assert "Of 2 claims: 1 reproduced, 1 not detected." in text
+    assert f"this size detects |effect| >= {b['mde']:.3g}" in text
+    assert "Commit `0123456789ab`" in text and "### Power" in text
+    # the check mode catches a stale doc
+    stale = tmp_path / "experiments.md"
+    stale.write_text(text + "a hand edit\n", encoding="utf-8")
+    assert doc.main(["--check", "--results", str(tmp_path / "results"), "--doc", str(stale)]) == 1
+    assert doc.main(["--results", str(tmp_path / "results"), "--doc", str(stale)]) == 0
+    assert stale.read_text(encoding="utf-8") == text
