@@ -270,6 +270,13 @@ def claim_units(claim: Claim, table: pd.DataFrame, units: Sequence[pd.DataFrame]
     return values[np.isfinite(values.to_numpy(dtype=float))] if len(values) else values
 
 
+def _unit_name(claim: Claim, source: pd.DataFrame) -> str:
+    """What one cluster of the claim is: a run (run table), a query or a tavern."""
+    if (source["cluster"] == RUN_CLUSTER).all():
+        return "run"
+    return "query" if claim.metric == "over_representation" else "tavern"
+
+
 def _permutation_p(claim: Claim, d: pd.Series, source: pd.DataFrame, rng: Any) -> float:
     """The permutation null where labels can be shuffled: arm labels within a seed (paired
     claims) or source labels within a tavern (the human percentile); NaN otherwise."""
@@ -310,8 +317,7 @@ def literature_checks(
                   if len(d) else st.NAN_EFFECT)  # fmt: skip
         effects.append(effect)
         per_seed = d.groupby(level="seed").mean() if len(d) else pd.Series(dtype=float)
-        unit = "run" if (source["cluster"] == RUN_CLUSTER).all() else (
-            "query" if claim.metric == "over_representation" else "tavern")  # fmt: skip
+        unit = _unit_name(claim, source)
         rows.append({
             "study": claim.study, "finding": claim.finding, "measured_as": claim.measured_as,
             "predicted": "increase" if claim.expect > 0 else "decrease",
@@ -396,7 +402,7 @@ def power_table(
             "sigma_seed": math.sqrt(s2) if np.isfinite(s2) else math.nan,
             "sigma_cluster": math.sqrt(c2) if np.isfinite(c2) else math.nan,
             "pilot_seeds": effect.n_seeds, "pilot_clusters": effect.n_clusters,
-            "unit": "run" if (source["cluster"] == RUN_CLUSTER).all() else "cluster",
+            "unit": _unit_name(claim, source),
             "seeds": need.get("seeds", math.nan), "clusters": need.get("clusters", math.nan),
             "mde": need.get("mde", math.nan), "feasible": bool(need.get("feasible", False)),
         })  # fmt: skip
