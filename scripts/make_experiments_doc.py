@@ -141,7 +141,7 @@ def _section(folder: Path) -> list[str]:
             "From this sweep's variance per seed and per cluster: the fewest seeds, then the fewest "
             "clusters (at most 47 taverns), whose MDE at 80 % power and level 0.05 / "
             f"{len(power)} (the strictest Holm step) is at most the claim's minimum effect. "
-            f"{reach} of {len(power)} claims are within reach of at most 100 seeds.",
+            f"Claims within reach of at most 100 seeds: {reach} of {len(power)}.",
             "",
             *_power_table(power),
         ]
