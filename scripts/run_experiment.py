@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     from helpers.settings import get_settings
 
     started, t0 = datetime.now(UTC), time.perf_counter()
+    # the commit of the code that runs (read now: the tree may move on during a long sweep)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True, check=False).stdout.strip()  # fmt: skip
     load_before = os.getloadavg()
     settings = get_settings(milvus_backend="lite", run_dir=args.run_dir, generator="local")
     milvus = start_milvus(settings)
@@ -82,8 +85,6 @@ def main(argv: list[str] | None = None) -> int:
         frame.to_csv(out / f"{name}.csv", index=False, float_format="%.6g")
     checks.to_csv(out / "checks.csv", index=False, float_format="%.6g")
     power.to_csv(out / "power.csv", index=False, float_format="%.6g")
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True, check=False).stdout.strip()  # fmt: skip
     manifest = {
         "name": args.name,
         "parameters": {
