@@ -1,6 +1,6 @@
 """Loop policy experiments (notebook 08): a sweep of ``policy x human_fraction x seed``, one
 table of what every run measured, means and spreads over seeds, and direction checks against the
-published studies the loop echoes (``../shared/RESEARCH.md`` sums them up).
+published studies the loop echoes (:mod:`helpers.claims`).
 
 Notebook use::
 
@@ -8,7 +8,12 @@ Notebook use::
     runs = run_sweep(points, LoopParams(iterations=5, n_taverns=6), settings, milvus=milvus)
     table = experiment_table(runs, k=3, milvus=milvus)       # one row per run and iteration
     summary = seed_summary(table)                            # mean, sd, min, max over seeds
-    checks = literature_checks(table)                        # each claim with its numbers
+    units = unit_tables(runs, k=3, milvus=milvus)            # per tavern / per query values
+    checks = literature_checks(table, units=units)           # each claim as an effect + verdict
+
+The claims and their statistics live in :mod:`helpers.claims` and :mod:`helpers.stats`
+(re-exported here: ``Claim``, ``CLAIMS``, ``literature_checks``, ``checks_markdown``,
+``unit_tables``, ``power_table``).
 
 Why the sweep shares generations (:class:`SharedGenerations`): the loop derives each
 generation's seed from (run seed, iteration, tavern), and before iteration 2 the three policies
@@ -25,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -35,6 +39,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from helpers.claims import (  # noqa: F401  (the claims are part of this module's API)
+    CLAIMS,
+    Claim,
+    checks_markdown,
+    literature_checks,
+    power_table,
+    unit_tables,
+)
 from helpers.feedback_loop import POLICIES, LoopParams, LoopParamsError, run_loop
 from helpers.generators import Generation, Generator
 from helpers.settings import Settings
@@ -313,181 +325,6 @@ def seed_summary(table: pd.DataFrame, metrics: Sequence[str] = SUMMARY_METRICS) 
     return stats.reset_index()
 
 
-def slope(iterations: Sequence[float], values: Sequence[float]) -> float:
-    """Least-squares slope of ``values`` over ``iterations`` (change per iteration), NaN with
-    fewer than two finite points."""
-    x = np.asarray(iterations, dtype=float)
-    y = np.asarray(values, dtype=float)
-    ok = np.isfinite(x) & np.isfinite(y)
-    if ok.sum() < 2 or np.ptp(x[ok]) == 0:
-        return math.nan
-    return float(np.polyfit(x[ok], y[ok], 1)[0])
-
-
-def run_slopes(table: pd.DataFrame, metric: str, *, from_iteration: int = 0) -> pd.DataFrame:
-    """Per run: the slope of ``metric`` over iterations ``>= from_iteration`` and its change
-    from the first to the last of them. Columns ``policy, human_fraction, seed, slope, change``."""
-    if metric not in table.columns:
-        raise KeyError(f"{metric!r} is not a column of the experiment table.")
-    rows = []
-    part = table[table["iteration"] >= from_iteration].sort_values("iteration")
-    for (policy, fraction, seed), g in part.groupby(["policy", "human_fraction", "seed"]):
-        values = g[metric].to_numpy(dtype=float)
-        finite = values[np.isfinite(values)]
-        rows.append(
-            {
-                "policy": policy,
-                "human_fraction": fraction,
-                "seed": seed,
-                "slope": slope(g["iteration"], values),
-                "change": float(finite[-1] - finite[0]) if len(finite) >= 2 else math.nan,
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def run_levels(
-    table: pd.DataFrame, metric: str, level: float, *, from_iteration: int = 0
-) -> pd.DataFrame:
-    """Per run: the mean of ``metric - level`` over iterations ``>= from_iteration`` (in the
-    ``slope`` column, so :func:`literature_checks` treats trends and levels alike)."""
-    if metric not in table.columns:
-        raise KeyError(f"{metric!r} is not a column of the experiment table.")
-    part = table[table["iteration"] >= from_iteration]
-    rows = []
-    for (policy, fraction, seed), g in part.groupby(["policy", "human_fraction", "seed"]):
-        values = g[metric].to_numpy(dtype=float) - level
-        values = values[np.isfinite(values)]
-        rows.append({"policy": policy, "human_fraction": fraction, "seed": seed,
-                     "slope": float(values.mean()) if len(values) else math.nan})  # fmt: skip
-    return pd.DataFrame(rows)
-
-
-# ---------------------------------------------------------------------------------------------
-# The published findings, as checks on our numbers
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A published finding turned into a sign our runs can show or not.
-
-    The measured value, per seed, is the slope (change per iteration) of ``metric`` under
-    (``policy``, ``human_fraction``); with ``versus`` set, the paired difference of that slope
-    minus the slope under ``versus`` for the same seed. With ``level`` set instead, it is the
-    mean of ``metric - level`` over the iterations (a claim about a level, not a trend).
-    ``expect`` is the sign the study predicts (+1 or -1). ``from_iteration`` -1 includes the
-    store before the loop (retrieval metrics).
-    """
-
-    study: str
-    finding: str
-    metric: str
-    policy: str
-    human_fraction: float
-    expect: int
-    versus: tuple[str, float] | None = None
-    from_iteration: int = 0
-    level: float | None = None
-
-    @property
-    def measured_as(self) -> str:
-        where = f"{self.policy} hf={self.human_fraction:g}"
-        if self.level is not None:
-            return f"mean over iterations of {self.metric} - {self.level:g}, {where}"
-        what = f"slope of {self.metric} per iteration, {where}"
-        if self.versus:
-            what += f" minus {self.versus[0]} hf={self.versus[1]:g} (same seed)"
-        return what
-
-
-CLAIMS: tuple[Claim, ...] = (
-    Claim("Shumailov et al. 2024 (Nature)",
-          "training only on the previous generation loses the tails: diversity shrinks",
-          "dispersion", "replace", 0.0, -1),
-    Claim("Shumailov et al. 2024 (Nature)",
-          "rare content disappears first: the pooled vocabulary shrinks",
-          "corpus_distinct_2", "replace", 0.0, -1),
-    Claim("Gerstgrasser et al. 2024",
-          "replacing data drifts further from the real data than accumulating it",
-          "drift_reference_median", "replace", 0.0, +1, versus=("accumulate", 0.0)),
-    Claim("Gerstgrasser et al. 2024",
-          "replacing data loses diversity faster than accumulating it",
-          "dispersion", "replace", 0.0, -1, versus=("accumulate", 0.0)),
-    Claim("Chen et al. 2024 (ACL), spiral of silence",
-          "generated texts take a growing share of the top-k",
-          "generated_share", "accumulate", 1.0, +1, from_iteration=-1),
-    Claim("Chen et al. 2024 (ACL), spiral of silence",
-          "human texts sink in the ranking",
-          "human_rank", "accumulate", 1.0, +1, from_iteration=-1),
-    Claim("Chen et al. 2024 (ACL), spiral of silence",
-          "the retriever prefers generated texts beyond their share of the store",
-          "over_representation", "accumulate", 1.0, +1, level=1.0),
-    Claim("Alemohammad et al. 2024 (ICLR)",
-          "keeping real data slows the loss of diversity",
-          "dispersion", "replace", 0.5, +1, versus=("replace", 0.0)),
-)  # fmt: skip
-
-
-ZERO = 1e-9  # below this a slope or difference counts as no change (float noise)
-
-
-def _verdict(values: np.ndarray, expect: int) -> str:
-    values = values[np.isfinite(values)]
-    if not len(values):
-        return "not measurable"
-    signs = np.where(np.abs(values) < ZERO, 0.0, np.sign(values))
-    if np.all(signs == 0):
-        return f"no change ({len(values)}/{len(values)} seeds)"
-    if np.all(signs == expect):
-        return f"reproduced ({len(values)}/{len(values)} seeds)"
-    if np.all(signs == -expect):
-        return f"opposite ({len(values)}/{len(values)} seeds)"
-    agree = int(np.sum(signs == expect))
-    return f"mixed ({agree}/{len(values)} seeds agree)"
-
-
-def _per_seed(values: pd.DataFrame, policy: str, fraction: float) -> pd.Series:
-    sel = values[(values["policy"] == policy) & np.isclose(values["human_fraction"], fraction)]
-    return sel.set_index("seed")["slope"]
-
-
-def literature_checks(table: pd.DataFrame, claims: Sequence[Claim] = CLAIMS) -> pd.DataFrame:
-    """One row per claim: the study, the finding, how we measure it, the predicted sign, the
-    per-seed values, their mean, min and max, and a verdict computed from the signs:
-    ``reproduced`` when every seed shows the predicted sign, ``opposite`` when every seed shows
-    the other one, ``no change`` when every value is zero (below :data:`ZERO`), ``mixed``
-    otherwise, ``not measurable`` when the sweep lacks the condition
-    (e.g. a grid without ``replace``, or a single iteration)."""
-    rows = []
-    for claim in claims:
-        if claim.level is not None:
-            slopes = run_levels(table, claim.metric, claim.level,
-                                from_iteration=claim.from_iteration)  # fmt: skip
-        else:
-            slopes = run_slopes(table, claim.metric, from_iteration=claim.from_iteration)
-
-        values = _per_seed(slopes, claim.policy, claim.human_fraction)
-        if claim.versus is not None:
-            other = _per_seed(slopes, *claim.versus)
-            values = (values - other).dropna()
-        arr = values.to_numpy(dtype=float)
-        finite = arr[np.isfinite(arr)]
-        rows.append(
-            {
-                "study": claim.study,
-                "finding": claim.finding,
-                "measured_as": claim.measured_as,
-                "predicted": "increase" if claim.expect > 0 else "decrease",
-                "per_seed": ", ".join(f"{v:+.4f}" for v in arr) if len(arr) else "",
-                "mean": float(finite.mean()) if len(finite) else math.nan,
-                "min": float(finite.min()) if len(finite) else math.nan,
-                "max": float(finite.max()) if len(finite) else math.nan,
-                "verdict": _verdict(arr, claim.expect),
-            }
-        )
-    return pd.DataFrame(rows)
-
-
 def write_tables(
     out_dir: Path, table: pd.DataFrame, summary: pd.DataFrame, checks: pd.DataFrame
 ) -> dict[str, Path]:
@@ -539,18 +376,3 @@ def side_by_side(
         ]
     out = out.sort_values(["human_fraction", "policy"], ascending=[False, True])
     return out.set_index(["human_fraction", "policy"])
-
-
-def checks_markdown(checks: pd.DataFrame) -> str:
-    """One bullet per claim, with the measured numbers beside it, for a notebook's Markdown."""
-    lines = []
-    for c in checks.itertuples():
-        unit = "" if c.measured_as.startswith("mean over") else " per iteration"
-        numbers = (
-            f"mean {c.mean:+.4f}{unit} (seeds: {c.per_seed})" if np.isfinite(c.mean) else "no value"
-        )
-        lines.append(
-            f"- **{c.study}**: {c.finding}. Predicted: {c.predicted} of the {c.measured_as}. "
-            f"Measured: {numbers}. **{c.verdict}**."
-        )
-    return "\n".join(lines)
