@@ -31,6 +31,7 @@ ORDER = (
     "search_quality",
     "scaling",
     "memory",
+    "server_lifecycle",
     "main_job",
 )
 
