@@ -93,7 +93,13 @@ class Throttle:
         self._lock = threading.Lock()
         self._not_before = 0.0
         self._overloads = 0  # 529s in a row, for the back-off
-        self.pauses = 0  # how many 429/529 answers extended the pause (for logs and benchmarks)
+        # (when the 429/529 was seen, until when everyone waits), for logs, tests and benchmarks
+        self.events: list[tuple[float, float]] = []
+
+    @property
+    def pauses(self) -> int:
+        """How many 429/529 answers this throttle has seen."""
+        return len(self.events)
 
     def wait(self) -> None:
         while True:
@@ -115,8 +121,9 @@ class Throttle:
                 after = min(OVERLOAD_BACKOFF_S * 2**self._overloads, 8.0)
             if status == 529:
                 self._overloads += 1
-            self._not_before = max(self._not_before, self._clock() + after)
-            self.pauses += 1
+            now = self._clock()
+            self._not_before = max(self._not_before, now + after)
+            self.events.append((now, self._not_before))
         log.info("claude answered %d: every request waits %.2f s", status, after)
 
     def __call__(self, request: Any, call_next: Callable[[Any], Any]) -> Any:
