@@ -6,6 +6,7 @@ of every experiment. Four parts, each ``python -m bench.generation_throughput PA
 * ``claude``: one iteration (47 requests) through :meth:`ClaudeGenerator.generate_many` against
   the loopback Messages API (tests/fake_anthropic.py) answering after 1-2 s, at concurrency 1
   (sequential) and 8: wall seconds and their ratio. No CPU to speak of: the time is waiting.
+* ``threads``: 1 vs 2 llama.cpp threads on one short prompt, alternating (on a loaded machine).
 * ``split``: a local SmolLM2 generation at the loop's real prompts (iteration 0: the 3 nearest
   human references; later iterations: 3 contexts of the full 600 characters), split into prompt
   processing and decoding by llama.cpp's own ``timings``; each against the machine's limit:
@@ -190,6 +191,30 @@ def split(n: int = 2, max_tokens: int = 230, threads: int = 1) -> list[dict[str,
     return rows
 
 
+def threads(repeats: int = 2, max_tokens: int = 30) -> list[dict[str, Any]]:
+    """1 vs 2 llama.cpp threads, alternating, on one 115-token prompt: on a loaded machine the
+    two threads wait for each other at every barrier."""
+    from helpers.generators import LocalGenerator, article_prompt
+
+    text = (article_prompt("The Prancing Pony", "Bree", "Aragorn") + " ") * 3
+    rows = []
+    for _ in range(repeats):
+        for n in (1, 2):
+            gen = LocalGenerator(n_threads=n)
+            load = loadavg()[0]
+            g = gen.generate(text, max_tokens=max_tokens, temperature=0.8, seed=1)
+            tm = gen.last_timings
+            rows.append(
+                {
+                    "part": "threads", "n_threads": n, "wall_s": g.latency_s,
+                    "prompt_tokens": tm.get("prompt_n"), "prompt_s": tm.get("prompt_ms", 0) / 1e3,
+                    "decode_tokens": tm.get("predicted_n"),
+                    "decode_s": tm.get("predicted_ms", 0) / 1e3, "loadavg": load,
+                }
+            )  # fmt: skip
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------
 # Multi-sequence batching and the prompt cache
 
@@ -367,7 +392,10 @@ def diet_summary(df: Any) -> Any:
     return out
 
 
-PARTS = {"claude": claude_concurrency, "split": split, "batching": batching, "diet": diet}
+PARTS = {
+    "claude": claude_concurrency, "threads": threads, "split": split, "batching": batching,
+    "diet": diet,
+}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -386,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     options: dict[str, Any] = {"threads": args.threads} if args.threads else {}
     if args.part == "diet":
         options["partial"] = Path(out) / "generation_diet.partial.jsonl"
-    if args.part == "claude":
+    if args.part in ("claude", "threads"):
         options = {}
     df = pd.DataFrame(PARTS[args.part](**options))
     df["cpus"] = os.cpu_count()
