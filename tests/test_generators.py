@@ -359,28 +359,16 @@ def test_scrub() -> None:
 # make_generator
 
 
-def announced(caplog: pytest.LogCaptureFixture) -> list[str]:
-    """The lines make_generator logged (INFO on helpers.generators)."""
-    return [r.getMessage() for r in caplog.records if r.name == "helpers.generators"]
-
-
-@pytest.fixture
-def announcements(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    caplog.set_level(logging.INFO, logger="helpers.generators")
-    return caplog
-
-
-def test_auto_without_key_is_local_and_says_so(announcements: pytest.LogCaptureFixture) -> None:
+def test_auto_without_key_is_local_and_says_so(capsys: pytest.CaptureFixture[str]) -> None:
     gen = make_generator(hermetic_settings(generator="auto", anthropic_api_key=""))
     assert isinstance(gen, LocalGenerator) and gen.name == "local"
-    assert announced(announcements) == [
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
         "generator: local SmolLM2-135M-Instruct-Q4_1 (no ANTHROPIC_API_KEY set; set it to use Claude)"
     ]
 
 
-def test_auto_with_key_is_claude(
-    announcements: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_auto_with_key_is_claude(capsys: pytest.CaptureFixture[str]) -> None:
     settings = hermetic_settings(
         generator="auto", anthropic_api_key=FAKE_KEY, anthropic_base_url="http://127.0.0.1:9"
     )
@@ -388,34 +376,34 @@ def test_auto_with_key_is_claude(
     assert isinstance(gen, ClaudeGenerator) and isinstance(gen, Generator)
     assert gen.model == settings.claude_model and gen.base_url == "http://127.0.0.1:9"
     assert gen.concurrency == settings.claude_concurrency
-    lines = announced(announcements)
+    lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"generator: claude {settings.claude_model} (")
     assert "ANTHROPIC_API_KEY is set" in lines[0]
-    assert capsys.readouterr().out == "", "library code logs, it does not print"
 
 
-def test_claude_without_key_is_an_error_not_a_fallback(
-    announcements: pytest.LogCaptureFixture,
-) -> None:
+def test_claude_without_key_is_an_error_not_a_fallback(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(MissingAPIKeyError) as info:
         make_generator(hermetic_settings(generator="claude", anthropic_api_key=""))
     assert "ANTHROPIC_API_KEY" in str(info.value) and "GFL_GENERATOR" in str(info.value)
-    assert announced(announcements) == []
+    assert capsys.readouterr().out == ""
 
 
-def test_local_on_request(announcements: pytest.LogCaptureFixture) -> None:
+def test_local_on_request(capsys: pytest.CaptureFixture[str]) -> None:
     gen = make_generator(hermetic_settings(generator="local", anthropic_api_key=FAKE_KEY, seed=7))
     assert isinstance(gen, LocalGenerator) and gen.default_seed == 7
-    assert announced(announcements)[0].endswith("(GFL_GENERATOR=local)")
+    assert capsys.readouterr().out.strip().endswith("(GFL_GENERATOR=local)")
 
 
-def test_announce_can_go_anywhere_or_nowhere(
-    announcements: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+def test_announce_can_be_logged_or_silenced(
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     make_generator(hermetic_settings(generator="local"), announce=None)
-    assert announced(announcements) == []
-    make_generator(hermetic_settings(generator="local"), announce=print)
-    assert capsys.readouterr().out.startswith("generator: local ")
+    assert capsys.readouterr().out == ""
+    caplog.set_level(logging.INFO, logger="x")
+    make_generator(hermetic_settings(generator="local"), announce=logging.getLogger("x").info)
+    assert capsys.readouterr().out == ""
+    logged = [r.getMessage() for r in caplog.records if r.name == "x"]
+    assert len(logged) == 1 and logged[0].startswith("generator: local ")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -11,18 +10,18 @@ from helpers.generators.claude import ClaudeGenerator
 from helpers.generators.local import LocalGenerator
 from helpers.settings import Settings
 
-log = logging.getLogger("helpers.generators")
-
 
 def make_generator(
     settings: Settings,
     *,
-    announce: Callable[[str], object] | None = log.info,
+    announce: Callable[[str], object] | None = print,
     claude_options: dict[str, Any] | None = None,
     local_options: dict[str, Any] | None = None,
 ) -> Generator:
-    """The generator that ``settings.generator`` asks for, announced in one line (logged at
-    INFO on ``helpers.generators``; pass ``announce=print`` to show it in a notebook).
+    """The generator that ``settings.generator`` asks for, announced in one line.
+
+    ``announce`` is where that line goes: ``print`` by default, because notebooks show it (and
+    tests/test_notebooks.py checks it); a logger's ``info`` for library callers, None for nothing.
 
     ``auto``: Claude when ANTHROPIC_API_KEY is set, otherwise the offline model. ``claude``
     without a key is an error, never a silent fallback. ``local``: the offline model.
