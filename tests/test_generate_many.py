@@ -107,6 +107,19 @@ def test_a_request_that_fails_for_good_loses_no_other_generation(
     assert gen.usage.calls == 11 and gen.usage.failures == 1
 
 
+def test_a_rejected_prompt_does_not_stop_the_others(
+    fake_anthropic: fa.FakeAnthropic, claude: MakeClaude
+) -> None:
+    fake_anthropic.set_default(fa.echo())
+    requests = requests_for(6)
+    too_long = fa.error(400, "invalid_request_error", "prompt is too long")
+    fake_anthropic.answer_prompt(requests[0].prompt, too_long)
+    with pytest.raises(GenerateManyError) as info:
+        claude(concurrency=2).generate_many(requests)
+    assert set(info.value.errors) == {0}
+    assert all(g is not None for g in info.value.generations[1:])
+
+
 def test_a_refused_key_stops_the_batch_instead_of_sending_it_all(
     fake_anthropic: fa.FakeAnthropic, claude: MakeClaude
 ) -> None:

@@ -57,8 +57,13 @@ CLAUDE_CONCURRENCY = 8
 MAX_PAUSE_S = 60.0  # a retry-after longer than this is capped (the SDK caps its own wait too)
 OVERLOAD_BACKOFF_S = 0.5  # first pause after a 529 without retry-after; doubles, up to 8 s
 
-# Errors that the same request will meet again: stop sending the rest of a batch.
-_HOPELESS = (AuthenticationFailedError, RequestRejectedError, MissingAPIKeyError)
+
+def _every_request_fails(exc: GenerationError) -> bool:
+    """A refused key or an unknown model (404): every other request would meet it too, so the
+    rest of a batch is not sent. A 400 for one prompt (too long, say) concerns that prompt only."""
+    return isinstance(exc, AuthenticationFailedError | MissingAPIKeyError) or (
+        isinstance(exc, RequestRejectedError) and exc.status_code == 404
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,7 +384,7 @@ class ClaudeGenerator:
                     done[i] = future.result()
                 except GenerationError as exc:
                     errors[i] = exc
-                    if isinstance(exc, _HOPELESS):
+                    if _every_request_fails(exc):
                         for other in futures:
                             other.cancel()
         if errors:
