@@ -24,6 +24,11 @@ tokens, and roughly how many dollars, the default loop spends.
    ``helpers.feedback_loop._CHARS_PER_TOKEN``; English prose is nearer 4) and, as a cross-check,
    with the SmolLM2 BPE tokenizer measured on sample prompts. Output tokens are the cap (600 per
    generation), an upper bound. Prices: :data:`helpers.generators.PRICES_PER_MTOK`.
+
+3. Claude's ``generate_many`` on one iteration (47 requests; quick: 16) against the loopback
+   Messages API answering after 1-2 s, sequential (concurrency 1) and at concurrency 8: wall
+   seconds and the ratio (:func:`bench.generation_throughput.claude_concurrency`). The prompt /
+   decode split, batching and the prompt diet are in :mod:`bench.generation_throughput`.
 """
 
 from __future__ import annotations
@@ -34,10 +39,17 @@ from typing import Any
 
 from bench.common import fmt, loadavg, markdown_table, module_main, prepare_out_dir
 from bench.common import write_csv as _write_csv
+from bench.generation_throughput import claude_concurrency
 
 NAME = "generation"
-FULL = {"n_descriptions": 4, "max_tokens": None, "threads": (2, 1), "bpe_samples": 6}
-QUICK = {"n_descriptions": 1, "max_tokens": 20, "threads": (2,), "bpe_samples": 1}
+FULL = {
+    "n_descriptions": 4,
+    "max_tokens": None,
+    "threads": (2, 1),
+    "bpe_samples": 6,
+    "claude_n": 47,
+}
+QUICK = {"n_descriptions": 1, "max_tokens": 20, "threads": (2,), "bpe_samples": 1, "claude_n": 16}
 
 # Where the prices come from (read from helpers/generators.py and its git history).
 PRICE_SOURCE = (
@@ -55,6 +67,7 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Any:
     size = QUICK if quick else FULL
     rows = local_speed(size)
     rows += claude_estimate(size["bpe_samples"])
+    rows += [{**r, "kind": "claude_concurrency"} for r in claude_concurrency(size["claude_n"])]
     df = pd.DataFrame(rows)
     df["quick"] = quick
     _write_csv(df, out, NAME)
@@ -308,6 +321,17 @@ def markdown(df: Any) -> str:
         f"Prices: {cost['price_source'].iloc[0]}. The kit's default model has no price of its "
         f"own in that table, so it is priced as {STAND_IN_MODEL}: check before quoting.",
     ]
+    conc = df[df["kind"] == "claude_concurrency"]
+    if len(conc):
+        lines += [
+            "",
+            f"Claude `generate_many`, {int(conc['requests'].iloc[0])} requests against the "
+            "loopback Messages API answering after 1-2 s (uniform, seeded):",
+            "",
+            markdown_table(
+                conc, ["concurrency", "requests", "wall_s", "speedup", "peak_in_flight", "loadavg"]
+            ),
+        ]
     return "\n".join(lines)
 
 

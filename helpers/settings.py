@@ -131,6 +131,7 @@ class Settings:
     anthropic_api_key: Secret = field(default_factory=lambda: Secret(""), repr=False)
     anthropic_base_url: str = ""
     server_start_timeout: float = 60.0
+    claude_concurrency: int = 8  # Claude requests in flight at once in generate_many
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -165,6 +166,7 @@ class Settings:
             anthropic_api_key=Secret(_env("ANTHROPIC_API_KEY", "", env)),
             anthropic_base_url=_env("ANTHROPIC_BASE_URL", "", env),
             server_start_timeout=float(_int("GFL_SERVER_START_TIMEOUT", 60, env, minimum=1)),
+            claude_concurrency=_int("GFL_CLAUDE_CONCURRENCY", 8, env, minimum=1),
         )
 
     def replace(self, **changes: object) -> Settings:

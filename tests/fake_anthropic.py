@@ -9,7 +9,13 @@ SDK, so retries, timeouts, headers and response parsing are the SDK's own. The s
   (429 with ``retry-after``), overloaded (529), server error (500), slow (longer than the client's
   timeout), malformed (invalid JSON, or JSON without ``content``), or any raw status/body;
 * records every request it received (:attr:`FakeAnthropic.requests`: method, path, headers,
-  body) so a test can check what the SDK really sent.
+  body, arrival time) so a test can check what the SDK really sent, and every answer it gave
+  (:attr:`FakeAnthropic.answers`: prompt, status, when);
+* can answer like a real, loaded API for concurrency tests: a simulated latency on every
+  message (:meth:`FakeAnthropic.set_latency`), answers that echo the prompt with token counts
+  derived from it (:func:`echo`), a fixed answer for one prompt (:meth:`FakeAnthropic.answer_prompt`),
+  and the peak number of message requests it was serving at once
+  (:attr:`FakeAnthropic.peak_in_flight`).
 
 It binds to 127.0.0.1 on a free port and runs in a daemon thread; use it as a context manager.
 Retryable error responses carry ``retry-after-ms: 10`` so the SDK's retries take milliseconds.
@@ -19,8 +25,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import socket
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,10 +45,21 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]  # lower-case names
     body: bytes
+    received_at: float = 0.0  # time.monotonic() when the body was read
 
     @property
     def json(self) -> Any:
         return json.loads(self.body.decode("utf-8"))
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the server answered to one message request."""
+
+    prompt: str | None  # the last user message's text
+    status: int
+    sent_at: float  # time.monotonic() just before the answer was written
+    headers: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -56,6 +75,7 @@ class Reply:
     input_tokens: int | None = None
     output_tokens: int | None = None
     stop_reason: str = "end_turn"
+    echo: bool = False  # answer "Answer: <prompt>", tokens = words of prompt / answer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,6 +94,17 @@ def ok(
     )
 
 
+def echo() -> Reply:
+    """A normal answer that repeats the prompt: ``text`` is ``"Answer: " + prompt``, input tokens
+    the prompt's words, output tokens the answer's words (so a test can compute exact totals)."""
+    return Reply(echo=True)
+
+
+def echo_tokens(prompt: str) -> tuple[int, int]:
+    """(input, output) tokens that :func:`echo` reports for ``prompt``."""
+    return len(prompt.split()), len(f"Answer: {prompt}".split())
+
+
 def error(
     status: int, error_type: str, message: str, headers: dict[str, str] | None = None
 ) -> Reply:
@@ -83,14 +114,18 @@ def error(
     )
 
 
-def rate_limited(retry_after_s: int = 1) -> Reply:
-    # retry-after (seconds) is what the real API sends; retry-after-ms takes precedence in the
-    # SDK and keeps the tests fast.
+def rate_limited(retry_after_s: float = 1, *, fast: bool = True) -> Reply:
+    """429 with ``retry-after`` (seconds, what the real API sends). ``fast`` adds
+    ``retry-after-ms: 10``, which takes precedence in the SDK and keeps tests fast; without it
+    the client must really wait ``retry_after_s``."""
+    headers = {"retry-after": f"{retry_after_s:g}"}
+    if fast:
+        headers["retry-after-ms"] = FAST_RETRY_MS
     return error(
         429,
         "rate_limit_error",
         "Number of request tokens has exceeded your per-minute rate limit.",
-        {"retry-after": str(retry_after_s), "retry-after-ms": FAST_RETRY_MS},
+        headers,
     )
 
 
@@ -164,8 +199,14 @@ class FakeAnthropic:
 
     def __init__(self) -> None:
         self.requests: list[RecordedRequest] = []
+        self.answers: list[Answer] = []
+        self.in_flight = 0
+        self.peak_in_flight = 0
         self._script: deque[Reply] = deque()
         self._default = ok()
+        self._by_prompt: dict[str, Reply] = {}
+        self._latency: tuple[float, float] = (0.0, 0.0)
+        self._rng = random.Random(0)
         self._lock = threading.Lock()
         self._release = threading.Event()  # set on stop: slow replies stop waiting
         self._counter = 0
@@ -185,11 +226,30 @@ class FakeAnthropic:
             self._default = reply
         return self
 
+    def answer_prompt(self, prompt: str, reply: Reply) -> FakeAnthropic:
+        """Always answer a request whose last user message is ``prompt`` with ``reply``."""
+        with self._lock:
+            self._by_prompt[prompt] = reply
+        return self
+
+    def set_latency(self, low_s: float, high_s: float, seed: int = 0) -> FakeAnthropic:
+        """Delay every successful message answer by a uniform draw from [low_s, high_s]
+        (seeded), like a real API's generation time. Error answers stay immediate."""
+        with self._lock:
+            self._latency = (low_s, high_s)
+            self._rng = random.Random(seed)
+        return self
+
     def reset(self) -> None:
         with self._lock:
             self._script.clear()
             self._default = ok()
+            self._by_prompt.clear()
+            self._latency = (0.0, 0.0)
             self.requests.clear()
+            self.answers.clear()
+            self.in_flight = 0
+            self.peak_in_flight = 0
 
     @property
     def message_requests(self) -> list[RecordedRequest]:
@@ -229,15 +289,36 @@ class FakeAnthropic:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _next_reply(self) -> tuple[Reply, int]:
+    def _next_reply(self, prompt: str | None) -> tuple[Reply, int, float]:
+        """The reply, its number and its simulated latency (counted as in flight from here)."""
         with self._lock:
             self._counter += 1
-            reply = self._script.popleft() if self._script else self._default
-            return reply, self._counter
+            if prompt is not None and prompt in self._by_prompt:
+                reply = self._by_prompt[prompt]
+            else:
+                reply = self._script.popleft() if self._script else self._default
+            latency = self._rng.uniform(*self._latency) if reply.status == 200 else 0.0
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+            return reply, self._counter, latency
+
+    def _done(self, answer: Answer) -> None:
+        with self._lock:
+            self.in_flight -= 1
+            self.answers.append(answer)
 
     def _record(self, request: RecordedRequest) -> None:
         with self._lock:
             self.requests.append(request)
+
+
+def _prompt_of(request_json: Any) -> str | None:
+    """The text of the last user message, or None."""
+    try:
+        content = request_json["messages"][-1]["content"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return content if isinstance(content, str) else None
 
 
 def _message_body(reply: Reply, request_json: Any, number: int) -> dict[str, Any]:
@@ -246,18 +327,20 @@ def _message_body(reply: Reply, request_json: Any, number: int) -> dict[str, Any
         if isinstance(request_json, dict)
         else "claude-fake"
     )
+    text, tokens_in, tokens_out = reply.text or "", reply.input_tokens, reply.output_tokens
+    if reply.echo:
+        prompt = _prompt_of(request_json) or ""
+        text = f"Answer: {prompt}"
+        tokens_in, tokens_out = echo_tokens(prompt)
     return {
         "id": f"msg_fake_{number:04d}",
         "type": "message",
         "role": "assistant",
         "model": model,
-        "content": [{"type": "text", "text": reply.text or ""}],
+        "content": [{"type": "text", "text": text}],
         "stop_reason": reply.stop_reason,
         "stop_sequence": None,
-        "usage": {
-            "input_tokens": reply.input_tokens or 0,
-            "output_tokens": reply.output_tokens or 0,
-        },
+        "usage": {"input_tokens": tokens_in or 0, "output_tokens": tokens_out or 0},
     }
 
 
@@ -277,6 +360,7 @@ def _make_handler(api: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
                     path=self.path,
                     headers={k.lower(): v for k, v in self.headers.items()},
                     body=body,
+                    received_at=time.monotonic(),
                 )
             )
             if not self.path.split("?")[0].endswith("/v1/messages"):
@@ -291,20 +375,22 @@ def _make_handler(api: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
                     {},
                 )
                 return
-            reply, number = api._next_reply()
-            if reply.delay_s:
-                api._release.wait(reply.delay_s)
+            try:
+                request_json = json.loads(body or b"{}")
+            except ValueError:
+                request_json = {}
+            prompt = _prompt_of(request_json)
+            reply, number, latency = api._next_reply(prompt)
+            if reply.delay_s or latency:
+                api._release.wait(reply.delay_s + latency)
             if reply.status == 200 and reply.body is None:
-                try:
-                    request_json = json.loads(body or b"{}")
-                except ValueError:
-                    request_json = {}
                 payload = json.dumps(_message_body(reply, request_json, number)).encode()
             elif isinstance(reply.body, bytes):
                 payload = reply.body
             else:
                 payload = json.dumps(reply.body).encode()
             headers = {"request-id": f"req_fake_{number:04d}", **reply.headers}
+            api._done(Answer(prompt, reply.status, time.monotonic(), headers))
             self._send(reply.status, payload, headers)
 
         def _send(self, status: int, payload: bytes, headers: dict[str, str]) -> None:

@@ -12,7 +12,6 @@ import logging
 import re
 import subprocess
 import sys
-import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -178,13 +177,14 @@ def test_sdk_retries_then_succeeds(
     fake_anthropic: fa.FakeAnthropic, claude: MakeClaude, failure: Callable[[], fa.Reply]
 ) -> None:
     fake_anthropic.script(failure(), failure(), fa.ok("Third time lucky."))
-    start = time.perf_counter()
     result = claude(max_retries=2).generate("p", max_tokens=20, temperature=0.0, seed=0)
     assert result.text == "Third time lucky."
     requests = fake_anthropic.message_requests
     assert len(requests) == 3  # N + 1 with N = max_retries
     assert [r.headers.get("x-stainless-retry-count") for r in requests] == ["0", "1", "2"]
-    assert time.perf_counter() - start < 3  # retry-after-ms: 10 was honoured
+    # retry-after-ms: 10 was honoured: each retry came at least 10 ms after the error was sent
+    errors = [a.sent_at for a in fake_anthropic.answers if a.status != 200]
+    assert all(r.received_at >= t + 0.010 for r, t in zip(requests[1:], errors, strict=True))
 
 
 def test_rate_limited_after_retries(fake_anthropic: fa.FakeAnthropic, claude: MakeClaude) -> None:
@@ -239,14 +239,12 @@ def test_unknown_model_points_at_the_model_setting(
 
 def test_timeout(fake_anthropic: fa.FakeAnthropic, claude: MakeClaude) -> None:
     fake_anthropic.set_default(fa.slow(2.0))
-    start = time.perf_counter()
     with pytest.raises(RequestTimeoutError) as info:
         claude(timeout=0.3, max_retries=1).generate("p", max_tokens=20, temperature=0.0, seed=0)
     assert isinstance(info.value, ConnectionFailedError)
     message = str(info.value)
     assert "0.3 s" in message and fake_anthropic.base_url in message and "timeout" in message
     assert len(fake_anthropic.message_requests) == 2  # the SDK retried the timeout once
-    assert time.perf_counter() - start < 4
 
 
 def test_connection_refused(claude: MakeClaude) -> None:
@@ -377,6 +375,7 @@ def test_auto_with_key_is_claude(capsys: pytest.CaptureFixture[str]) -> None:
     gen = make_generator(settings)
     assert isinstance(gen, ClaudeGenerator) and isinstance(gen, Generator)
     assert gen.model == settings.claude_model and gen.base_url == "http://127.0.0.1:9"
+    assert gen.concurrency == settings.claude_concurrency
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"generator: claude {settings.claude_model} (")
     assert "ANTHROPIC_API_KEY is set" in lines[0]
@@ -395,9 +394,16 @@ def test_local_on_request(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.strip().endswith("(GFL_GENERATOR=local)")
 
 
-def test_announce_can_be_silenced(capsys: pytest.CaptureFixture[str]) -> None:
+def test_announce_can_be_logged_or_silenced(
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
     make_generator(hermetic_settings(generator="local"), announce=None)
     assert capsys.readouterr().out == ""
+    caplog.set_level(logging.INFO, logger="x")
+    make_generator(hermetic_settings(generator="local"), announce=logging.getLogger("x").info)
+    assert capsys.readouterr().out == ""
+    logged = [r.getMessage() for r in caplog.records if r.name == "x"]
+    assert len(logged) == 1 and logged[0].startswith("generator: local ")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -434,9 +440,14 @@ def test_model_name_from_path() -> None:
 # The local model, for real
 
 
+# One llama.cpp thread: on a loaded 2-core machine two threads spin at llama.cpp's barriers and
+# run about 10x slower (docs/benchmarks.md, "Generation throughput"); determinism is the same.
+TEST_THREADS = 1
+
+
 @pytest.fixture(scope="module")
 def local() -> LocalGenerator:
-    return LocalGenerator()
+    return LocalGenerator(n_threads=TEST_THREADS)
 
 
 @pytest.fixture(scope="module")
@@ -453,7 +464,6 @@ def test_local_description(local: LocalGenerator, pony: Generation) -> None:
     assert pony.temperature == 0.0 and pony.seed == 42
     assert pony.stop_reason in {"max_tokens", "end_turn"}
     assert pony.latency_s > 0
-    print(f"\nlocal description: {pony.latency_s:.1f} s, {pony.output_tokens} tokens")
 
 
 def test_local_is_deterministic_in_process(local: LocalGenerator, pony: Generation) -> None:
@@ -466,11 +476,12 @@ def test_local_is_deterministic_across_processes(pony: Generation) -> None:
     script = (
         "import json\n"
         "from helpers.generators import LocalGenerator, generate_description\n"
-        f"r = generate_description(LocalGenerator(), *{PRANCING_PONY!r}, seed=42)\n"
+        f"r = generate_description(LocalGenerator(n_threads={TEST_THREADS}), *{PRANCING_PONY!r}, "
+        "seed=42)\n"
         "print(json.dumps({'text': r.text, 'out': r.output_tokens}))\n"
     )
     done = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=180
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=900
     )
     assert done.returncode == 0, done.stderr[-2000:]
     answer = json.loads(done.stdout.strip().splitlines()[-1])
@@ -490,11 +501,10 @@ def test_local_seed_decides_sampled_text(local: LocalGenerator) -> None:
 
 
 def test_local_model_is_loaded_once(local: LocalGenerator) -> None:
-    start = time.perf_counter()
-    second = LocalGenerator()
-    assert time.perf_counter() - start < 0.2
+    second = LocalGenerator(n_threads=TEST_THREADS)
     assert second._server is local._server
-    assert len([k for k in g.loaded_local_models() if k[0] == str(local.model_path)]) == 1
+    key = (str(local.model_path), local.n_ctx, local.n_threads)
+    assert g.loaded_local_models().count(key) == 1
     assert second.usage is not local.usage  # each generator keeps its own account
     assert "SmolLM2" in repr(second)
 
