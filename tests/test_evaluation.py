@@ -218,6 +218,12 @@ def test_evaluator_uses_given_vectors_instead_of_embedding() -> None:
         ("9.5", 9.5),
         ("10", 10.0),
         ("I'd say 3.", 3.0),
+        # the scale is not the rating (this read 1 before)
+        ("On a scale of 1-10, I would give this description a 7.", 7.0),
+        ("On a scale from 1 to 10: 8", 8.0),
+        ("Rating (1 (poor) to 10 (excellent)): 6", 6.0),
+        ("1-10 scale... 9/10", 9.0),
+        ("I rate it 7 out of 10; 3 facts are there.", 7.0),
         ("no idea", None),
         ("0", None),
         ("", None),
