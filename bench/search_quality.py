@@ -219,7 +219,10 @@ def _time_single_queries(
         ids = search(query)
         times.append((time.perf_counter() - start) * 1000)
         found.append(ids)
-    return {"recall_at_10": hnsw_eval.ann_recall_at_k(found, exact_ids, K), **latency_summary(times)}
+    return {
+        "recall_at_10": hnsw_eval.ann_recall_at_k(found, exact_ids, K),
+        **latency_summary(times),
+    }
 
 
 def measure_numpy(
