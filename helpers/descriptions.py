@@ -9,16 +9,16 @@ already generated.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pandas as pd
 from tqdm.auto import tqdm
 
+from helpers.console import console_logger
 from helpers.generation_cache import CachedGenerator, cache_path
 from helpers.generators import Generator, article_prompt
 
-log = logging.getLogger(__name__)
+log = console_logger(__name__)
 
 
 def cache_file(run_dir: Path, generator: Generator) -> Path:
@@ -75,7 +75,7 @@ def generate_descriptions(
             }
         )
     frame = pd.DataFrame(rows)
-    if len(frame):
+    if progress and len(frame):
         fresh = frame[~frame["cached"]]
         log.info(
             "%d descriptions: %d generated in %.0f s, %d read back from %s",

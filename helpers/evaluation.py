@@ -80,7 +80,7 @@ __all__ = [
     "FEEDBACK_DIR", "JUDGE_PROMPT", "OPTIONAL_RATING_COLUMNS", "RATING_COLUMNS", "Evaluator",
     "FactCoverage", "LLMJudge", "Rating", "Ratings", "RatingsError", "ScoreWeights", "combine",
     "copied_share", "cosine", "dispersion", "distinct_n", "evaluate_text", "fact_coverage",
-    "fact_variants", "length_score", "load_ratings", "longest_shared_span", "make_judge",
+    "fact_variants", "gate_score", "length_score", "load_ratings", "longest_shared_span", "make_judge",
     "mentions", "normalize", "parse_judge_score", "quote_safe", "read_ratings_file", "words",
 ]  # fmt: skip
 
@@ -363,6 +363,25 @@ def combine(scores: Mapping[str, Any], weights: ScoreWeights = ScoreWeights()) -
     return sum(w * v for w, v in present) / total if total else 0.0
 
 
+def gate_score(scores: Mapping[str, Any], weights: ScoreWeights = ScoreWeights()) -> float:
+    """The score the ``gated`` policy decides by, built only from inputs that do not read the
+    human reference: the offline part is the weighted mean of ``coverage`` (the tavern's own
+    name, location and visitor), ``length_score``, ``distinct_2`` and novelty
+    (``1 - copy_share``), with :class:`ScoreWeights`' weights for them; the judge's score, when
+    present, is merged as in :func:`combine`. ``reference_similarity`` and human ratings never
+    enter. A missing input raises ``KeyError``.
+    """
+    w = weights
+    total = w.coverage + w.length + w.distinct_2 + w.novelty
+    offline = (
+        w.coverage * float(scores["coverage"])
+        + w.length * float(scores["length_score"])
+        + w.distinct_2 * float(scores["distinct_2"])
+        + w.novelty * (1.0 - float(scores["copy_share"]))
+    ) / total
+    return combine({"auto_score": offline, "judge_score": scores.get("judge_score")}, w)
+
+
 # ---------------------------------------------------------------------------------------------
 # The evaluator
 
@@ -453,6 +472,7 @@ class Evaluator:
             if mean is not None:
                 scores["human_rating"] = mean
                 scores["human_score"] = (mean - 1.0) / 4.0
+        scores["gate_score"] = gate_score(scores, self.weights)
         scores["score"] = combine(scores, self.weights)
         return {k: _plain(v) for k, v in scores.items()}
 

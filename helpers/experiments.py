@@ -82,8 +82,13 @@ class SweepPoint:
         return f"{prefix}-{self.policy}-hf{round(self.human_fraction * 100):03d}-s{self.seed}"
 
 
+# The default sweep: the three arms notebook 08 compares (POLICIES also has the control
+# ``no-feedback`` and ``replace-keep-human``; pass them explicitly).
+SWEEP_POLICIES = ("accumulate", "replace", "gated")
+
+
 def sweep_points(
-    policies: Iterable[str] = POLICIES,
+    policies: Iterable[str] = SWEEP_POLICIES,
     human_fractions: Iterable[float] = HUMAN_FRACTIONS,
     seeds: Iterable[int] = SEEDS,
 ) -> list[SweepPoint]:

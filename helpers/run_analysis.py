@@ -33,6 +33,7 @@ from helpers.data import load_queries, load_taverns
 from helpers.embeddings import encode_documents, encode_queries
 from helpers.evaluation import dispersion
 from helpers.ledger import decode_vector
+from helpers.loop.params import GENERATED_ALL, GENERATED_LATEST, view_rule
 from helpers.loop.versions import current_versions, finished_iterations
 from helpers.measures import (
     centroid_shift,
@@ -86,20 +87,21 @@ def iteration_metrics(
 
     Columns: iteration; generations, stored, rejected; the mean of each score in
     :data:`METRIC_MEANS` over the iteration's texts; ``context_generated_share`` (share of the
-    retrieved contexts that were generated texts); ``dispersion`` (mean pairwise cosine distance
-    of the iteration's texts); ``current_score`` (mean score of every tavern's current version
-    after the iteration; never falls under ``gated``); ``searchable_rows`` (rows a search sees
-    after it); timing sums (``generate_s``, ``step_s``) and tokens.
+    retrieved contexts that were generated texts); ``context_age`` (mean age of the retrieved
+    contexts in iterations: the iteration minus the context row's iteration, a human row's being
+    -1); ``dispersion`` (mean pairwise cosine distance of the iteration's texts);
+    ``current_score`` and ``current_gate_score`` (mean score and gate score of every tavern's
+    current version after the iteration; the gate score never falls under ``gated``);
+    ``searchable_rows`` (rows a search sees after it); timing sums (``generate_s``, ``step_s``)
+    and tokens.
     """
     by_it: dict[int, list[Mapping[str, Any]]] = {}
     for rec in records:
         by_it.setdefault(int(rec["iteration"]), []).append(rec)
     rows: list[dict[str, Any]] = []
-    stored_total = 0
     for iteration in finished_iterations(records, n_taverns):
         recs = by_it[iteration]
         stored = [r for r in recs if r["stored"]]
-        stored_total += len(stored)
         current = current_versions(records, iteration)
         contexts = [c for r in recs for c in r.get("context", [])]
         vectors = [decode_vector(r["vector_b64"]) for r in recs if r.get("vector_b64")]
@@ -117,8 +119,14 @@ def iteration_metrics(
             else float("nan")
         )
         row["dispersion"] = round(dispersion(vectors), 6) if len(vectors) > 1 else float("nan")
+        row["context_age"] = (
+            round(sum(iteration - int(c["iteration"]) for c in contexts) / len(contexts), 6)
+            if contexts
+            else float("nan")
+        )
         row["current_score"] = _mean(float(r["scores"]["score"]) for r in current.values())
-        row["searchable_rows"] = n_human + (len(stored) if policy == "replace" else stored_total)
+        row["current_gate_score"] = _mean(r["scores"].get("gate_score") for r in current.values())
+        row["searchable_rows"] = sum(searchable_counts(records, policy, n_human, iteration))
         row["input_tokens"] = sum(int(r.get("input_tokens", 0)) for r in recs)
         row["output_tokens"] = sum(int(r.get("output_tokens", 0)) for r in recs)
         row["generate_s"] = round(sum(r["timings"]["generate_s"] for r in recs), 3)
@@ -330,16 +338,17 @@ def searchable_counts(
     records: Sequence[Mapping[str, Any]], policy: str, n_human: int, upto: int
 ) -> tuple[int, int]:
     """``(human rows, generated rows)`` a search sees after iteration ``upto`` (-1: before the
-    loop), by the same rule as :func:`helpers.loop.store.view_filter`: ``replace`` sees the
-    generated rows of iteration ``upto`` only, the other policies every stored one up to it."""
-    if upto < 0:
-        return n_human, 0
-    stored = [r for r in records if r.get("stored")]
-    if policy == "replace":
-        generated = sum(int(r["iteration"]) == upto for r in stored)
+    loop), by the policy's :func:`~helpers.loop.params.view_rule` (the rule
+    :func:`helpers.loop.store.view_filter` applies)."""
+    rule = view_rule(policy, upto)
+    stored = [int(r["iteration"]) for r in records if r.get("stored")]
+    if rule.generated == GENERATED_ALL:
+        generated = sum(it <= upto for it in stored)
+    elif rule.generated == GENERATED_LATEST:
+        generated = sum(it == upto for it in stored)
     else:
-        generated = sum(int(r["iteration"]) <= upto for r in stored)
-    return n_human, generated
+        generated = 0
+    return (n_human if rule.humans else 0), generated
 
 
 def score_hits(
@@ -437,9 +446,7 @@ def retrieval_by_iteration(
     vectors = encode_queries(queries["query"].str.strip().tolist())
     rows = []
     for it in todo:
-        n_human, n_generated = searchable_counts(
-            records, run.params["policy"], len(human_stored), it
-        )
+        n_human, n_generated = searchable_counts(records, run.policy, len(human_stored), it)
         total = n_human + n_generated
         corpus_share = n_generated / total if total else float("nan")
         hit_lists: list[list[dict[str, Any]]] = [[] for _ in range(len(queries))]
@@ -469,7 +476,7 @@ def retrieval_by_iteration(
                 "k": k,
             }
             row |= score_hits(
-                hits, q.relevant, k, human_stored=human_stored,
+                hits, q.relevant, k, human_stored=human_stored if n_human else (),
                 corpus_generated_share=corpus_share,
             )  # fmt: skip
             rows.append(row)

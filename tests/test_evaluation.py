@@ -24,6 +24,7 @@ from helpers.evaluation import (
     evaluate_text,
     fact_coverage,
     fact_variants,
+    gate_score,
     length_score,
     load_ratings,
     longest_shared_span,
@@ -193,6 +194,30 @@ def test_evaluator_on_real_embeddings() -> None:
     for scores in (own, copied, other):
         for key in ("coverage", "reference_similarity", "length_score", "distinct_1", "distinct_2"):
             assert 0.0 <= scores[key] <= 1.0
+
+
+def test_the_gate_score_never_reads_the_human_reference() -> None:
+    """What ``gated`` decides by is the same whether the human reference is the real one or
+    garbage, while the reference-based scores do change."""
+    taverns = load_taverns().set_index("tavern_id")
+    text = taverns.loc["prancing-pony", "description"]
+    context = [taverns.loc["green-dragon", "description"]]
+    real = Evaluator().evaluate(
+        text, {**PONY, "reference": text}, context_texts=context, iteration=0
+    )
+    junk = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, zzz qqq."
+    garbage = Evaluator().evaluate(
+        text, {**PONY, "reference": junk, "description": junk}, context_texts=context, iteration=0
+    )
+    assert real["reference_similarity"] > garbage["reference_similarity"] + 0.3
+    assert real["score"] != garbage["score"]
+    assert real["gate_score"] == garbage["gate_score"]
+    assert gate_score(real) == pytest.approx(real["gate_score"], abs=1e-6)
+    assert gate_score({**real, "reference_similarity": 0.0}) == gate_score(real)
+    worse = gate_score({**real, "copy_share": 1.0})
+    assert worse < gate_score(real)  # copying the context lowers it
+    judged = gate_score({**real, "judge_score": 0.0})
+    assert judged < gate_score(real)  # the judge (facts and text only) enters when present
 
 
 def test_evaluator_uses_given_vectors_instead_of_embedding() -> None:

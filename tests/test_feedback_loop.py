@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import collections
+import dataclasses
 import json
 import os
 import shutil
@@ -159,7 +160,10 @@ def test_params_are_checked_with_clear_messages() -> None:
     bad = [
         ({"iterations": 0}, "iterations must be a whole number from 1"),
         ({"k": 50}, "k must be a whole number from 1 to 20"),
-        ({"policy": "forget"}, "policy must be one of accumulate, replace, gated"),
+        (
+            {"policy": "forget"},
+            "policy must be one of accumulate, replace, replace-keep-human, gated",
+        ),
         ({"sources": "web"}, "sources must be one of all, human, generated, run"),
         ({"human_fraction": 1.5}, "human_fraction must be a number from 0 to 1"),
         ({"temperature": -1.0}, "temperature must be a number from 0 to 2"),
@@ -215,14 +219,35 @@ def test_view_filters_per_policy() -> None:
         '(source == "human") or (source == "generated" and iteration <= 2)'
     )
     assert view_filter("gated", "generated", "r", 2) == '(source == "generated" and iteration <= 2)'
-    assert view_filter("replace", "all", "r", 2) == (
+    assert view_filter("replace-keep-human", "all", "r", 2) == (
         '(source == "human") or (source == "generated" and iteration == 2)'
     )
-    assert view_filter("replace", "run", "r", 0) == (
+    assert view_filter("replace-keep-human", "run", "r", 0) == (
         '(source == "generated" and run_id == "r" and iteration == 0)'
+    )
+    # Gerstgrasser's replace: the human rows only before the loop, then the latest generation
+    assert view_filter("replace", "all", "r", -1) == '(source == "human")'
+    assert view_filter("replace", "all", "r", 2) == '(source == "generated" and iteration == 2)'
+    assert view_filter("replace", "human", "r", 2) is None
+    # the control: human rows only, whatever has been generated
+    assert view_filter("no-feedback", "all", "r", 3) == '(source == "human")'
+    assert view_filter("no-feedback", "generated", "r", 3) is None
+    assert view_filter("accumulate", "all", "r", 1, exclude_tavern="t") == (
+        '(source == "human") or (source == "generated" and iteration <= 1 and tavern_id != "t")'
     )
     assert view_filter("accumulate", "generated", "r", -1) is None  # nothing to search yet
     assert view_filter("accumulate", "human", "r", 5) == '(source == "human")'
+
+
+def test_new_parameters_are_checked_and_old_replace_runs_keep_their_meaning() -> None:
+    with pytest.raises(LoopParamsError, match="query_mode must be one of self, facts"):
+        LoopParams(query_mode="mine").checked()
+    with pytest.raises(LoopParamsError, match="exclude_own must be True or False"):
+        LoopParams(exclude_own="yes").checked()  # type: ignore[arg-type]
+    saved = {**LoopParams(policy="replace", run_id="old").checked().as_dict(), "collection": "c"}
+    del saved["query_mode"], saved["exclude_own"]  # a params.json written before they existed
+    assert LoopParams.from_saved(saved).policy == "replace-keep-human"
+    assert LoopParams.from_saved({**saved, "query_mode": "self"}).policy == "replace"
 
 
 def test_prompt_quotes_context_as_data() -> None:
@@ -322,6 +347,7 @@ LIBRARY_MODULES = (
     "helpers/loop/versions.py", "helpers/evaluation.py", "helpers/judge.py", "helpers/ratings.py",
     "helpers/measures.py", "helpers/run_analysis.py", "helpers/descriptions.py",
     "helpers/generation_cache.py", "helpers/common.py", "helpers/feedback_loop.py",
+    "helpers/console.py", "helpers/loop/__init__.py",
 )  # fmt: skip
 
 
@@ -551,15 +577,15 @@ def test_resume_rebuilds_a_lost_store_from_the_ledger(
 def test_replace_keeps_one_searchable_version_per_tavern(lite: tuple[Settings, Any]) -> None:
     settings, handle = lite
     run = run_loop(
-        LoopParams(**{**SMALL, "n_taverns": 2}, policy="replace", run_id="replace-test"), settings, milvus=handle,
-        progress=False,
+        LoopParams(**{**SMALL, "n_taverns": 2}, policy="replace-keep-human", run_id="replace-test"),
+        settings, milvus=handle, progress=False,
     )  # fmt: skip
     check_store_invariants(run, handle)  # older versions are kept (lineage), only filtered out
     client = handle.client
     for upto in (0, 1):
         visible = client.query(
             run.collection,
-            filter=view_filter("replace", "all", run.run_id, upto),
+            filter=view_filter("replace-keep-human", "all", run.run_id, upto),
             output_fields=["tavern_id", "iteration", "source"],
             consistency_level="Strong",
         )
@@ -589,7 +615,7 @@ class DecliningEvaluator(Evaluator):
     def evaluate(self, text: str, tavern: Any, **kwargs: Any) -> dict[str, Any]:
         scores = super().evaluate(text, tavern, **kwargs)
         if tavern["tavern_id"] == TAVERNS[0] and kwargs.get("iteration", 0) > 0:
-            scores["score"] = 0.0
+            scores["gate_score"] = 0.0
         return scores
 
 
@@ -603,7 +629,7 @@ def test_gated_never_lowers_a_score(lite: tuple[Settings, Any]) -> None:
     records = run.records()
     current: dict[str, float] = {}
     for rec in records:
-        score = rec["scores"]["score"]
+        score = rec["scores"]["gate_score"]
         previous = current.get(rec["tavern_id"])
         assert rec["stored"] == (previous is None or score >= previous), rec["reason"]
         if rec["stored"]:
@@ -616,8 +642,116 @@ def test_gated_never_lowers_a_score(lite: tuple[Settings, Any]) -> None:
     # from it, and its score never falls
     later = [r for r in records if r["tavern_id"] == TAVERNS[0] and r["iteration"] > 0]
     assert {r["parent_id"] for r in later} == {row_id(run.run_id, 0, TAVERNS[0])}
-    current_scores = list(run.metrics()["current_score"])
+    current_scores = list(run.metrics()["current_gate_score"])
     assert current_scores == sorted(current_scores)
+
+
+# ---------------------------------------------------------------------------------------------
+# Arms and controls (issue 12 B)
+
+ARM = {**SMALL, "n_taverns": 2}
+
+
+def test_replace_drops_the_human_rows_after_iteration_0(lite: tuple[Settings, Any]) -> None:
+    """Gerstgrasser's replace: iteration 0 learns from the human texts, later iterations only
+    from the previous generation."""
+    settings, handle = lite
+    run = run_loop(
+        LoopParams(**ARM, policy="replace", run_id="replace-faithful"), settings,
+        milvus=handle, progress=False,
+    )  # fmt: skip
+    check_store_invariants(run, handle)  # the human rows stay stored, only out of the view
+    for rec in run.records():
+        sources = {c["source"] for c in rec["context"]}
+        if rec["iteration"] == 0:
+            assert sources == {"human"}
+        else:
+            assert sources == {"generated"}
+            assert {c["iteration"] for c in rec["context"]} == {rec["iteration"] - 1}
+    assert list(run.metrics()["searchable_rows"]) == [2, 2]
+    hits = run.search("an inn", after_iteration=1, limit=10)
+    assert {h["source"] for h in hits} == {"generated"}
+
+
+def test_no_feedback_control_reads_back_nothing_generated(lite: tuple[Settings, Any]) -> None:
+    settings, handle = lite
+    run = run_loop(
+        LoopParams(**ARM, policy="no-feedback", run_id="control"), settings, milvus=handle,
+        progress=False,
+    )  # fmt: skip
+    records = run.records()
+    assert all(c["source"] == "human" for r in records for c in r["context"])
+    assert all(r["parent_id"] == 0 for r in records)  # not even the query is generated
+    for tid in TAVERNS[:2]:  # so every iteration sends the same prompt (with its own seed)
+        prompts = {r["prompt_sha256"] for r in records if r["tavern_id"] == tid}
+        assert len(prompts) == 1
+    metrics = run.metrics()
+    assert list(metrics["context_generated_share"]) == [0.0, 0.0]
+    assert list(metrics["context_age"]) == [1.0, 2.0]  # human rows count as iteration -1
+    assert list(metrics["searchable_rows"]) == [2, 2]
+
+
+def test_facts_query_and_exclude_own(lite: tuple[Settings, Any]) -> None:
+    settings, handle = lite
+    # k=3 of the 3 rows a tavern may see in iteration 1 (two human, the other's version)
+    params = LoopParams(
+        **{**ARM, "k": 3}, query_mode="facts", exclude_own=True, run_id="facts-exclude"
+    )
+    run = run_loop(params, settings, milvus=handle, progress=False)
+    assert run.params["query_mode"] == "facts" and run.params["exclude_own"] is True
+    records = run.records()
+    assert all(r["parent_id"] == 0 for r in records)
+    for rec in records:
+        own = [c for c in rec["context"] if c["tavern_id"] == rec["tavern_id"]]
+        assert all(c["source"] == "human" for c in own)  # its reference, never its versions
+        assert all(c["age"] == rec["iteration"] - c["iteration"] for c in rec["context"])
+    later = [r for r in records if r["iteration"] == 1]
+    assert any(c["source"] == "generated" for r in later for c in r["context"])
+    ages = [c["age"] for r in later for c in r["context"]]
+    assert run.metrics()["context_age"].iloc[1] == pytest.approx(sum(ages) / len(ages))
+
+
+def _garbage_references(tmp_path: Path) -> Path:
+    import csv
+
+    data = tmp_path / "garbage-data"
+    (data / "feedback").mkdir(parents=True)
+    with (REPO / "data" / "taverns.csv").open(encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for i, row in enumerate(rows):
+        row["description"] = f"Lorem ipsum dolor sit amet {i}, zzz qqq, nothing about any inn."
+    with (data / "taverns.csv").open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return data
+
+
+def test_gated_at_human_share_0_never_reads_the_human_reference(
+    lite: tuple[Settings, Any], tmp_path: Path
+) -> None:
+    """The same gated run with the real human descriptions and with garbage in their place:
+    every text, decision and gate number is the same, though the reference scores differ."""
+    settings, handle = lite
+    params = LoopParams(**{**ARM, "iterations": 3, "human_fraction": 0.0}, policy="gated")
+    real = run_loop(
+        dataclasses.replace(params, run_id="gated-real"), settings, milvus=handle, progress=False
+    )
+    blind = run_loop(
+        dataclasses.replace(params, run_id="gated-garbage"),
+        settings.replace(data_dir=_garbage_references(tmp_path)), milvus=handle, progress=False,
+    )  # fmt: skip
+
+    def decisions(run: LoopRun) -> list[tuple]:
+        return [
+            (r["iteration"], r["tavern_id"], r["text"], r["stored"], r["reason"],
+             r["scores"]["gate_score"])
+            for r in run.records()
+        ]  # fmt: skip
+
+    assert decisions(real) == decisions(blind)
+    similarity = [r["scores"]["reference_similarity"] for r in real.records()]
+    assert similarity != [r["scores"]["reference_similarity"] for r in blind.records()]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,8 +3,11 @@ evaluate, write back, and again.
 
 One iteration, for every tavern of the run:
 
-1. **Retrieve** the ``k`` stored descriptions closest to the tavern: to its current version (the
-   newest one it has in the store) or, before it has one, to "name, location, visitor".
+1. **Retrieve** the ``k`` stored descriptions closest to the tavern: with ``query_mode="self"``
+   (the default) to its current version (the newest one it has in the store) or, before it has
+   one, to "name, location, visitor"; with ``query_mode="facts"`` always to the latter.
+   ``exclude_own=True`` keeps the tavern's own generated versions out of its context (with
+   ``self``, the first context is otherwise its own previous version, similarity 1).
 2. **Generate** with the article's prompt, the retrieved texts in front of it inside
    ``<context>`` tags, marked as quoted data the model must not take instructions from. With
    nothing retrieved (an empty store), the plain article prompt.
@@ -53,12 +56,17 @@ Design decisions (each one tested in ``tests/test_feedback_loop.py``):
 * **Deterministic ids**: ``stable_id(run_id, iteration, tavern_id)``; writing twice is an upsert
   of the same row, a no-op.
 * **Policies are views, not deletions.** Every generated version stays in the collection, and
-  what is *searchable* after iteration ``j`` is a filter: ``accumulate`` and ``gated`` see
-  generated rows with ``iteration <= j``, ``replace`` only ``iteration == j`` (the newest version
-  of every tavern), all three plus the human rows. So lineage ids always point at stored rows,
-  and the notebook can ask "what did the store answer after iteration 2?" after the run.
-  ``gated`` writes a version only when its score is not below the tavern's current version; a
-  rejected version is in the ledger (``stored: false``) but never in the store.
+  what is *searchable* after iteration ``j`` is a filter (:func:`helpers.loop.params.view_rule`):
+  ``accumulate`` and ``gated`` see the human rows and generated rows with ``iteration <= j``;
+  ``replace`` (Gerstgrasser et al. 2024) the human rows before the loop only, then only
+  ``iteration == j``; ``replace-keep-human`` (the kit's earlier ``replace``) ``iteration == j``
+  plus the human rows; ``no-feedback``, the control, the human rows only. So lineage ids always
+  point at stored rows, and the notebook can ask "what did the store answer after iteration 2?"
+  after the run. ``gated`` writes a version only when its gate score (which never reads the
+  human reference: :mod:`helpers.loop.engine`) is not below the tavern's current version's; a
+  rejected version is in the ledger (``stored: false``) but never in the store. Each context
+  row's age (iteration minus its iteration; human rows count as -1) is ledgered, and
+  ``metrics.csv`` has its mean per iteration (``context_age``).
 * **Deterministic retrieval, so resume equals an uninterrupted run.** Retrieval in iteration
   ``i`` filters on ``iteration < i`` (through the policy view of ``i - 1``), so rows written
   earlier in the same iteration, or re-inserted by a resume, are invisible to it; the order of
@@ -71,4 +79,12 @@ Design decisions (each one tested in ``tests/test_feedback_loop.py``):
   and each generation has its own seed derived from (run seed, iteration, tavern).
 * **Searches and queries use** ``consistency_level="Strong"``: the C++ server's default may not
   yet show rows written a moment ago (docs/measured-facts.md).
+
+Messages (the summary line of every iteration, "resuming run ...") go to the ``helpers.loop``
+logger at INFO, which :func:`helpers.console.console_logger` makes visible in a notebook or a
+terminal without any set-up.
 """
+
+from helpers.console import console_logger
+
+console_logger(__name__)

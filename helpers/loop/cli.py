@@ -23,6 +23,7 @@ from helpers.loop.params import (
     JUDGE_MODES,
     MAX_K,
     POLICIES,
+    QUERY_MODES,
     SOURCES,
     LoopError,
     LoopParams,
@@ -102,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--policy",
         choices=POLICIES,
         default=defaults.policy,
-        help="accumulate: every version stays searchable; replace: only the newest version of each tavern; gated: like accumulate, but a new version is written back only if its score is not below the tavern's current one (default %(default)s)",
+        help="accumulate: the human texts and every version stay searchable; replace: after iteration 0 only the newest version of each tavern (the human texts leave the view); replace-keep-human: the newest versions plus the human texts; gated: like accumulate, but a new version is written back only if its gate score (no human reference read) is not below the tavern's current one; no-feedback: the control, retrieval sees the human texts only (default %(default)s)",
     )
     loop.add_argument(
         "--k",
@@ -130,6 +131,17 @@ def build_parser() -> argparse.ArgumentParser:
         choices=SOURCES,
         default=defaults.sources,
         help="what retrieval may return: all, human references only, generated texts only, or this run's generated texts (default %(default)s)",
+    )
+    loop.add_argument(
+        "--query-mode",
+        choices=QUERY_MODES,
+        default=defaults.query_mode,
+        help="what a tavern's retrieval searches with: self, its own newest version (its facts before it has one), or facts, always its name, location and visitor (default %(default)s)",
+    )
+    loop.add_argument(
+        "--exclude-own",
+        action="store_true",
+        help="retrieval never returns the tavern's own generated versions",
     )
     loop.add_argument(
         "--human-fraction",
@@ -223,7 +235,7 @@ _RESUME_FIXED = frozenset(
     {
         "iterations", "policy", "k", "n_taverns", "taverns", "sources", "human_fraction",
         "context_chars", "generator", "temperature", "seed", "max_tokens", "judge", "no_ratings",
-        "run_id", "fresh",
+        "query_mode", "exclude_own", "run_id", "fresh",
     }
 )  # fmt: skip
 
@@ -267,6 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 context_chars=args.context_chars,
                 judge=args.judge,
                 use_ratings=not args.no_ratings,
+                query_mode=args.query_mode,
+                exclude_own=args.exclude_own,
                 run_id=args.run_id,
             )
             run = run_loop(params, settings, fresh=args.fresh, **common)

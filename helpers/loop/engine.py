@@ -11,6 +11,16 @@ One iteration has three phases (see :meth:`FeedbackLoop.run_iteration`):
    insert, so the store never holds a row the ledger does not know.
 
 The state (every record, every stored row's vector) is rebuilt from the ledger on resume.
+
+**The gate** (``policy="gated"``): a new version is written back only when its gate score is
+not below the tavern's current version's. The gate score
+(:func:`helpers.evaluation.gate_score`) reads only what a loop without ground truth has: the
+text, the tavern's own fields (fact coverage of its name, location and famous visitor), the
+text's length, its repetition (distinct-2), how much it copies its prompt's context, and the
+LLM judge's rating when a judge is on (the judge sees the facts and the text, never the human
+description). It never reads the human reference description or its embedding, at any human
+share, so ``gated`` is not judged by the metric it is selected on (``reference_similarity``
+and the drift from the reference stay outcome measures only).
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from helpers.common import fit_utf8
-from helpers.evaluation import Evaluator
+from helpers.evaluation import Evaluator, gate_score
 from helpers.generators import Generation, Generator
 from helpers.ledger import RunLedger, decode_vector, encode_vector
 from helpers.loop.params import HUMAN_ITERATION, LoopError, RunManifest, generation_seed, row_id
@@ -122,6 +132,7 @@ class FeedbackLoop:
         self.by_id = {t["tavern_id"]: t for t in self.taverns}
         self.state = LoopState()
         self.reference_vectors: dict[str, np.ndarray] = {}
+        self._facts_queries: dict[str, np.ndarray] = {}
 
     @property
     def client(self) -> Any:
@@ -212,23 +223,40 @@ class FeedbackLoop:
         iteration: int,
         current: Mapping[str, Mapping[str, Any]],
     ) -> tuple[list[dict[str, Any]], int]:
-        """The ``k`` contexts for ``tavern`` in ``iteration`` and the parent id. ``current``:
-        every tavern's version before the iteration (:meth:`LoopState.current`). Only rows of
-        earlier iterations are visible (see :mod:`helpers.loop`)."""
-        version = current.get(tavern["tavern_id"])
-        parent = int(version["row_id"]) if version is not None else 0
-        query = (
-            self.state.vectors[parent]
-            if version is not None
-            else embed_one(intro_query(tavern), query=True)
+        """The ``k`` contexts for ``tavern`` in ``iteration`` and the parent id (the version whose
+        vector was the query; 0 for the facts query). ``current``: every tavern's version
+        before the iteration (:meth:`LoopState.current`). Only rows of earlier iterations are
+        visible (see :mod:`helpers.loop`); ``query_mode`` and ``exclude_own`` as in
+        :class:`~helpers.loop.params.LoopParams`."""
+        tid = tavern["tavern_id"]
+        version = current.get(tid)
+        from_self = (
+            version is not None
+            and self.params.query_mode == "self"
+            and self.params.policy != "no-feedback"
         )
-        expr = view_filter(self.params.policy, self.params.sources, self.run_id, iteration - 1)
+        parent = int(version["row_id"]) if from_self and version is not None else 0
+        query = self.state.vectors[parent] if from_self else self._facts_query(tavern)
+        expr = view_filter(
+            self.params.policy,
+            self.params.sources,
+            self.run_id,
+            iteration - 1,
+            exclude_tavern=tid if self.params.exclude_own else None,
+        )
         if expr is None:
             return [], parent
         contexts = search_contexts(
             self.client, self.collection, query, expr, self.params.k, self.state.vectors
         )
         return contexts, parent
+
+    def _facts_query(self, tavern: Mapping[str, str]) -> np.ndarray:
+        """The embedding of the tavern's name, location and visitor (made once per run)."""
+        tid = tavern["tavern_id"]
+        if tid not in self._facts_queries:
+            self._facts_queries[tid] = embed_one(intro_query(tavern), query=True)
+        return self._facts_queries[tid]
 
     def build_requests(
         self, iteration: int, todo: Sequence[Mapping[str, str]]
@@ -335,7 +363,10 @@ class FeedbackLoop:
             "context_ids": [c["id"] for c in contexts],
             "context": [
                 {k: c[k] for k in ("id", "tavern_id", "name", "source", "iteration")}
-                | {"similarity": round(c["similarity"], 6)}
+                | {
+                    "age": request.iteration - c["iteration"],
+                    "similarity": round(c["similarity"], 6),
+                }
                 for c in contexts
             ],
             "prompt": request.prompt,
@@ -397,22 +428,36 @@ class FeedbackLoop:
     def _decide(
         self, tavern_id: str, iteration: int, text: str, scores: Mapping[str, Any]
     ) -> tuple[bool, str]:
-        """Whether to write the new version back, and why (kept in the ledger)."""
+        """Whether to write the new version back, and why (kept in the ledger). ``gated``
+        compares gate scores (see the module docstring), never the human reference."""
         if not text:
             return False, "empty text"
-        score = float(scores["score"])
         if self.params.policy != "gated":
             return True, self.params.policy
         current = self.state.current(iteration).get(tavern_id)
         if current is None:
             return True, "gated: first version"
-        old = float(current["scores"]["score"])
-        if score >= old:
-            return True, f"gated: {score:.4f} >= current {old:.4f}"
+        new, old = self._gate(scores), self._gate(current["scores"])
+        if new >= old:
+            return True, f"gated: {new:.4f} >= current {old:.4f}"
         return (
             False,
-            f"gated: {score:.4f} < current {old:.4f} (iteration {int(current['iteration'])})",
+            f"gated: {new:.4f} < current {old:.4f} (iteration {int(current['iteration'])})",
         )
+
+    @staticmethod
+    def _gate(scores: Mapping[str, Any]) -> float:
+        """A version's gate score: the evaluator's ``gate_score``, else computed from the
+        oracle-free inputs in its scores (a ledger written before the gate had its own score)."""
+        if scores.get("gate_score") is not None:
+            return float(scores["gate_score"])
+        try:
+            return gate_score(scores)
+        except KeyError as exc:
+            raise LoopError(
+                f"The evaluator's scores lack {exc}: gated needs a gate_score (or coverage, "
+                "length_score, distinct_2 and copy_share). Subclass helpers.evaluation.Evaluator."
+            ) from None
 
     # -- the run ---------------------------------------------------------------------------------
 

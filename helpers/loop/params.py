@@ -21,7 +21,8 @@ import numpy as np
 from helpers.common import stable_id
 from helpers.settings import GENERATORS
 
-POLICIES = ("accumulate", "replace", "gated")
+POLICIES = ("accumulate", "replace", "replace-keep-human", "gated", "no-feedback")
+QUERY_MODES = ("self", "facts")
 SOURCES = ("all", "human", "generated", "run")
 JUDGE_MODES = ("off", "auto", "claude")
 HUMAN_ITERATION = -1  # the iteration number of the human reference rows: before the loop
@@ -32,6 +33,43 @@ MAX_K = 20
 DEFAULT_CONTEXT_CHARS = 600  # three contexts of 600 chars stay far below SmolLM2's 4096 tokens
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 SEED_MODULUS = 2**32 - 1  # llama.cpp treats 2**32-1 as "random"
+
+# What each policy's view shows after iteration ``upto`` (see :func:`view_rule`).
+GENERATED_NONE, GENERATED_LATEST, GENERATED_ALL = "none", "latest", "all"
+
+
+@dataclass(frozen=True)
+class ViewRule:
+    """What a search sees after iteration ``upto``: human rows or not, and which generated rows
+    (``none``, ``latest``: those of iteration ``upto`` only, ``all``: every one up to it)."""
+
+    humans: bool
+    generated: str
+
+
+def view_rule(policy: str, upto: int) -> ViewRule:
+    """The one rule behind every policy's searchable store after iteration ``upto`` (-1: before
+    the loop). Used by the store's filter, the per-iteration metrics and the run analysis.
+
+    * ``accumulate`` and ``gated``: the human rows and every generated row up to ``upto``
+      (Gerstgrasser et al. 2024's *accumulate*: real data kept, synthetic data added);
+    * ``replace``: the human rows before the loop only; afterwards only the generated rows of
+      iteration ``upto`` (Gerstgrasser's *replace*: each generation sees only the previous one);
+    * ``replace-keep-human``: the kit's earlier ``replace``: the newest generated version of
+      every tavern, *plus* the human rows throughout (neither of Gerstgrasser's arms);
+    * ``no-feedback``: the human rows only, always: the control, in which nothing generated is
+      ever read back.
+    """
+    check_choice("policy", policy, POLICIES)
+    if upto < 0 or policy == "no-feedback":
+        return ViewRule(True, GENERATED_NONE)
+    if policy == "replace":
+        return ViewRule(False, GENERATED_LATEST)
+    if policy == "replace-keep-human":
+        return ViewRule(True, GENERATED_LATEST)
+    return ViewRule(True, GENERATED_ALL)
+
+
 # VARCHAR limits of the loop's lineage fields, in UTF-8 bytes (the C++ server counts bytes)
 LOOP_TEXT_LIMITS = {
     "tavern_id": 64,
@@ -68,6 +106,14 @@ class LoopParams:
     None: the generator's default. ``judge``: ``off``, ``auto`` (Claude when a key is set) or
     ``claude``. ``use_ratings``: merge human ratings from ``data/feedback/*.csv`` into scores.
     ``run_id`` empty: ``<policy>-s<seed>-<UTC time>``.
+
+    ``policy``: which stored rows later iterations may retrieve (:func:`view_rule`) and, for
+    ``gated``, which versions are written back (:mod:`helpers.loop.engine`). ``query_mode``:
+    what a tavern's retrieval searches with: ``self``, its own newest stored version (its
+    name, location and visitor before it has one), or ``facts``, always its name, location and
+    visitor (so the query does not follow the tavern's own drift). ``exclude_own``: retrieval
+    never returns the tavern's own generated versions (its human reference stays eligible).
+    Under ``no-feedback`` the query is always ``facts``: nothing generated is read back.
     """
 
     iterations: int = 3
@@ -84,6 +130,8 @@ class LoopParams:
     context_chars: int = DEFAULT_CONTEXT_CHARS
     judge: str = "off"
     use_ratings: bool = True
+    query_mode: str = "self"
+    exclude_own: bool = False
     run_id: str = ""
 
     def checked(self) -> LoopParams:
@@ -95,6 +143,10 @@ class LoopParams:
         check_choice("sources", self.sources, SOURCES)
         check_choice("generator", self.generator, GENERATORS)
         check_choice("judge", self.judge, JUDGE_MODES)
+        check_choice("query_mode", self.query_mode, QUERY_MODES)
+        for name in ("exclude_own", "use_ratings"):
+            if not isinstance(getattr(self, name), bool):
+                raise LoopParamsError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         if self.n_taverns is not None:
             check_int("n_taverns", self.n_taverns, 1, 100_000)
         check_int("seed", self.seed, 0, SEED_MODULUS - 1)
@@ -139,7 +191,11 @@ class LoopParams:
         """The params of a params.json (which also holds the manifest's keys), checked; a
         parameter added to the kit after the run was made takes its default."""
         names = cls.field_names()
-        return cls.from_dict({k: v for k, v in saved.items() if k in names}).checked()
+        values = {k: v for k, v in saved.items() if k in names}
+        if "query_mode" not in saved and values.get("policy") == "replace":
+            # saved before the faithful ``replace`` existed: its ``replace`` kept the humans
+            values["policy"] = "replace-keep-human"
+        return cls.from_dict(values).checked()
 
 
 def check_int(name: str, value: Any, low: int, high: int) -> None:

@@ -17,7 +17,7 @@ from pymilvus import MilvusClient
 from helpers.embeddings import encode_queries
 from helpers.evaluation import Ratings, combine, load_ratings
 from helpers.ledger import RunLedger, runs_root
-from helpers.loop.params import HUMAN_ITERATION, LoopError, check_int
+from helpers.loop.params import HUMAN_ITERATION, LoopError, LoopParams, check_int
 from helpers.loop.prompt import clip
 from helpers.loop.store import SEARCH_EF, Milvus, client_of, load_with_retry, view_filter
 from helpers.loop.versions import finished_iterations, last_finished_iteration
@@ -38,6 +38,12 @@ class RunSearches:
     @property
     def collection(self) -> str:
         return self.params["collection"]
+
+    @property
+    def policy(self) -> str:
+        """The run's policy as this kit names it (a ``replace`` run saved before the faithful
+        ``replace`` existed is ``replace-keep-human``: :meth:`LoopParams.from_saved`)."""
+        return LoopParams.from_saved(self.params).policy
 
     def last_iteration(self) -> int:
         raise NotImplementedError  # LoopRun's
@@ -118,7 +124,7 @@ class RunSearches:
                 f"({len(texts)} rows)."
             )
         upto = self.last_iteration() if after_iteration is None else int(after_iteration)
-        expr = view_filter(self.params["policy"], "all", self.run_id, upto)
+        expr = view_filter(self.policy, "all", self.run_id, upto)
         results = client.search(
             self.collection,
             data=[v.tolist() for v in vectors],
@@ -329,7 +335,7 @@ def compare_metrics(runs: Sequence[LoopRun]) -> Any:
     for run in runs:
         frame = run.metrics().copy()
         for pos, key in enumerate(("run_id", "policy", "human_fraction", "sources")):
-            frame.insert(pos, key, run.params[key])
+            frame.insert(pos, key, run.policy if key == "policy" else run.params[key])
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 

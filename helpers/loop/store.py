@@ -20,12 +20,14 @@ from helpers.embeddings import encode_documents, encode_queries
 from helpers.evaluation import cosine
 from helpers.ledger import decode_vector
 from helpers.loop.params import (
+    GENERATED_LATEST,
+    GENERATED_NONE,
     LOOP_TEXT_LIMITS,
     MAX_K,
-    POLICIES,
     SOURCES,
     LoopError,
     check_choice,
+    view_rule,
 )
 from helpers.milvus_server import MilvusHandle
 from helpers.schema import (
@@ -130,31 +132,31 @@ def load_with_retry(client: MilvusClient, collection: str, *, attempts: int = 4)
             time.sleep(0.5 * (attempt + 1))
 
 
-def view_filter(policy: str, sources: str, run_id: str, upto: int) -> str | None:
+def view_filter(
+    policy: str, sources: str, run_id: str, upto: int, *, exclude_tavern: str | None = None
+) -> str | None:
     """The Milvus filter for "the searchable store after iteration ``upto``" (-1: before the
-    loop), restricted to ``sources``. None when nothing can match (skip the search).
-
-    ``replace`` sees only generated rows of iteration ``upto``; the other policies every
-    generated row up to it. Human rows are visible whenever ``sources`` allows them.
+    loop) under ``policy`` (:func:`~helpers.loop.params.view_rule`), restricted to ``sources``.
+    ``exclude_tavern``: leave out that tavern's generated rows. None when nothing can match
+    (skip the search).
     """
-    check_choice("policy", policy, POLICIES)
+    rule = view_rule(policy, upto)
     check_choice("sources", sources, SOURCES)
     clauses = []
-    if sources in ("all", "human"):
+    if sources in ("all", "human") and rule.humans:
         clauses.append('source == "human"')
-    if sources in ("all", "generated", "run") and upto >= 0:
+    if sources in ("all", "generated", "run") and rule.generated != GENERATED_NONE:
         gen = 'source == "generated"'
         if sources == "run":
             gen += f' and run_id == "{run_id}"'
-        gen += f" and iteration == {upto}" if policy == "replace" else f" and iteration <= {upto}"
+        op = "==" if rule.generated == GENERATED_LATEST else "<="
+        gen += f" and iteration {op} {upto}"
+        if exclude_tavern is not None:
+            gen += f' and tavern_id != "{exclude_tavern}"'
         clauses.append(gen)
     if not clauses:
         return None
     return " or ".join(f"({c})" for c in clauses)
-
-
-# ---------------------------------------------------------------------------------------------
-# The prompt
 
 
 # ---------------------------------------------------------------------------------------------
