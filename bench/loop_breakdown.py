@@ -11,7 +11,7 @@ Set-up: the local model (SmolLM2 via xllamacpp, ``generator="local"``), milvus-l
 human references only and embeds an intro query per tavern; iteration 1 is the steady state
 (retrieval from the tavern's current vector over human and generated rows). Both are reported;
 the target is judged on the last one. Models are loaded and Milvus started before the clock
-starts. The per-phase seconds come from :attr:`helpers.feedback_loop.FeedbackLoop.timings`.
+starts. The per-phase seconds come from the loop's ``on_timing`` hook (:class:`helpers.loop.engine.FeedbackLoop`).
 
 Quick mode: 2 taverns, 2 iterations, 16 tokens, 150-character contexts.
 """
@@ -62,7 +62,7 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Any:
     """Run the loop with per-phase timing and return one row per (scope, phase)."""
 
     from helpers.embeddings import encode_documents
-    from helpers.feedback_loop import FeedbackLoop, LoopParams, run_loop
+    from helpers.feedback_loop import LoopParams, run_loop
     from helpers.generators import make_generator
     from helpers.milvus_server import start_milvus
     from helpers.settings import get_settings
@@ -84,17 +84,13 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Any:
     )
     load_before = loadavg()
     collected: list[dict[str, Any]] = []
-    FeedbackLoop.timings = collected
-    try:
-        with start_milvus(settings, backend="lite") as milvus:
-            start = time.perf_counter()
-            run_loop(
-                params, settings, milvus=milvus, generator=generator, progress=False,
-                announce=None, fresh=True,
-            )  # fmt: skip
-            run_s = time.perf_counter() - start
-    finally:
-        FeedbackLoop.timings = None
+    with start_milvus(settings, backend="lite") as milvus:
+        start = time.perf_counter()
+        run_loop(
+            params, settings, milvus=milvus, generator=generator, progress=False,
+            announce=None, fresh=True, on_timing=collected.append,
+        )  # fmt: skip
+        run_s = time.perf_counter() - start
     df = breakdown(collected, run_s=run_s)
     df["n_taverns"] = size["n_taverns"]
     df["max_tokens"] = size["max_tokens"]

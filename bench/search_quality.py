@@ -181,7 +181,7 @@ def _time_single_queries(
         times.append((time.perf_counter() - start) * 1000)
         found.append(ids)
     return {
-        "recall_at_10": hnsw_eval.recall_at_k(found, exact_ids, K),
+        "recall_at_10": hnsw_eval.ann_recall_at_k(found, exact_ids, K),
         **_latency_summary(np.asarray(times)),
     }
 

@@ -28,9 +28,6 @@ is one sample reused, which is what a paired comparison wants and what saves mon
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +45,8 @@ from helpers.claims import (  # noqa: F401  (the claims are part of this module'
     unit_tables,
 )
 from helpers.feedback_loop import POLICIES, LoopParams, LoopParamsError, run_loop
-from helpers.generators import Generation, Generator
+from helpers.generation_cache import CachedGenerator, cache_path
+from helpers.generators import Generator
 from helpers.settings import Settings
 
 if TYPE_CHECKING:
@@ -96,8 +94,13 @@ class SweepPoint:
         return f"{prefix}-{self.policy}-hf{round(self.human_fraction * 100):03d}-s{self.seed}"
 
 
+# The default sweep: the three arms notebook 08 compares (POLICIES also has the control
+# ``no-feedback`` and ``replace-keep-human``; pass them explicitly).
+SWEEP_POLICIES = ("accumulate", "replace", "gated")
+
+
 def sweep_points(
-    policies: Iterable[str] = POLICIES,
+    policies: Iterable[str] = SWEEP_POLICIES,
     human_fractions: Iterable[float] = HUMAN_FRACTIONS,
     seeds: Iterable[int] = SEEDS,
 ) -> list[SweepPoint]:
@@ -125,97 +128,12 @@ def sweep_points(
 # Shared generations
 
 
-class SharedGenerations:
-    """A :class:`~helpers.generators.Generator` that answers a request it has seen before
-    (same prompt, system, model, max_tokens, temperature and seed) from a JSONL file, and passes
-    new ones to the generator it wraps. See the module docstring for why a sweep wants this.
-
-    ``usage`` is the wrapped generator's: it counts only tokens really spent. ``hits`` and
-    ``misses`` count this object's answers.
-    """
-
-    def __init__(self, inner: Generator, path: Path) -> None:
-        self.inner = inner
-        self.path = Path(path)
-        self.hits = 0
-        self.misses = 0
-        self._cache: dict[str, dict[str, Any]] = {}
-        if self.path.is_file():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try:
-                    record = json.loads(line)
-                    self._cache[record["key"]] = record["generation"]
-                except (ValueError, KeyError, TypeError):
-                    continue  # a line cut short by a crash: that request is generated again
-
-    # the Generator interface, delegated
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    @property
-    def model(self) -> str:
-        return self.inner.model
-
-    @property
-    def usage(self) -> Any:
-        return self.inner.usage
-
-    @property
-    def description_max_tokens(self) -> int:
-        return self.inner.description_max_tokens
-
-    @property
-    def default_seed(self) -> int:
-        return self.inner.default_seed
-
-    def __getattr__(self, attr: str) -> Any:  # n_ctx and the like, read by the loop's checks
-        if attr == "inner":
-            raise AttributeError(attr)
-        return getattr(self.inner, attr)
-
-    def __repr__(self) -> str:
-        return f"SharedGenerations({self.inner!r}, {len(self._cache)} stored)"
-
-    def key(
-        self, prompt: str, *, system: str | None, max_tokens: int, temperature: float, seed: int
-    ) -> str:
-        raw = json.dumps(
-            [self.inner.name, self.inner.model, prompt, system, int(max_tokens),
-             float(temperature), int(seed)]
-        )  # fmt: skip
-        return hashlib.sha256(raw.encode()).hexdigest()
-
-    def generate(
-        self,
-        prompt: str,
-        *,
-        system: str | None = None,
-        max_tokens: int,
-        temperature: float,
-        seed: int,
-    ) -> Generation:
-        key = self.key(
-            prompt, system=system, max_tokens=max_tokens, temperature=temperature, seed=seed
-        )
-        if key in self._cache:
-            self.hits += 1
-            return Generation(**self._cache[key])
-        generation = self.inner.generate(
-            prompt, system=system, max_tokens=max_tokens, temperature=temperature, seed=seed
-        )
-        self.misses += 1
-        record = dataclasses.asdict(generation)
-        self._cache[key] = record
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"key": key, "generation": record}) + "\n")
-        return generation
+# The sweep's name for the kit's one generation cache (notebook 08 uses it).
+SharedGenerations = CachedGenerator
 
 
 def shared_generations_file(settings: Settings, generator: Generator) -> Path:
-    safe_model = re.sub(r"[^A-Za-z0-9_.-]+", "-", generator.model)
-    return settings.run_dir / "cache" / f"sweep-generations-{generator.name}-{safe_model}.jsonl"
+    return cache_path(settings.run_dir / "cache", generator, prefix="sweep-generations-")
 
 
 # ---------------------------------------------------------------------------------------------

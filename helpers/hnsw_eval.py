@@ -77,12 +77,14 @@ def exact_topk(
     return (all_ids, all_scores) if return_scores else all_ids
 
 
-def recall_at_k(
+def ann_recall_at_k(
     approx_ids: Sequence[Sequence[int]] | np.ndarray,
     exact_ids: Sequence[Sequence[int]] | np.ndarray,
     k: int,
 ) -> float:
-    """Mean over queries of |approx top-k ∩ exact top-k| / k.
+    """ANN recall: mean over queries of |approx top-k ∩ exact top-k| / k (how much of the
+    exact nearest neighbours an index finds; not :func:`helpers.measures.recall_at_k`, the share
+    of the relevant taverns a ranking finds).
 
     Rows of ``approx_ids`` may be shorter than k (an index may return fewer hits); missing
     hits count as misses. Order inside the top k does not matter.
@@ -258,7 +260,7 @@ def measure_search(
         rows.append(
             {
                 "ef": int(ef),
-                f"recall_at_{k}": recall_at_k(found, exact_ids, k),
+                f"recall_at_{k}": ann_recall_at_k(found, exact_ids, k),
                 **_latency_summary(np.asarray(times)),
             }
         )

@@ -17,16 +17,15 @@ change, and why (see docs/article-errata.md):
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from pymilvus import CollectionSchema, DataType, MilvusClient
 
+from helpers.common import fit_utf8, stable_id  # re-exported: callers import them from here
 from helpers.embeddings import DIM
 
 COLLECTION = "taverns10"  # the article's collection name
@@ -112,10 +111,15 @@ def _field_names(description: Mapping[str, Any]) -> list[str]:
     return [f["name"] for f in description.get("fields", [])]
 
 
-def create_tavern_collection(
-    client: MilvusClient, name: str = COLLECTION, *, drop_existing: bool = False
+def ensure_collection(
+    client: MilvusClient,
+    name: str,
+    schema: CollectionSchema,
+    *,
+    drop_existing: bool = False,
+    hint: str = "pass another collection name",
 ) -> bool:
-    """Create the collection if it is missing. Returns True when it was created.
+    """Create collection ``name`` with ``schema`` if it is missing. Returns True when created.
 
     An existing collection with the same fields is kept (notebooks are re-runnable); one with
     other fields is an error rather than a silent mix of two schemas.
@@ -125,15 +129,23 @@ def create_tavern_collection(
             client.drop_collection(name)
         else:
             have = _field_names(client.describe_collection(name))
-            want = [f.name for f in tavern_schema().fields]
+            want = [f.name for f in schema.fields]
             if sorted(have) != sorted(want):
                 raise SchemaError(
                     f"Collection {name!r} exists with fields {have}, not {want}. Drop it "
-                    f"(client.drop_collection({name!r})) or pass another collection name."
+                    f"(client.drop_collection({name!r})) or {hint}."
                 )
             return False
-    client.create_collection(name, schema=tavern_schema())
+    client.create_collection(name, schema=schema)
     return True
+
+
+def create_tavern_collection(
+    client: MilvusClient, name: str = COLLECTION, *, drop_existing: bool = False
+) -> bool:
+    """The article's collection (:func:`tavern_schema`), created if missing: see
+    :func:`ensure_collection`."""
+    return ensure_collection(client, name, tavern_schema(), drop_existing=drop_existing)
 
 
 def index_info(
@@ -186,32 +198,6 @@ def build_hnsw_index(
         client.create_index(name, hnsw_index_params(client, m, ef_construction))
     client.load_collection(name)
     return index_info(client, name)
-
-
-def stable_id(*parts: object) -> int:
-    """A deterministic positive INT64 primary key from a stable key (e.g. the tavern id)."""
-    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") & 0x7FFF_FFFF_FFFF_FFFF
-
-
-_SENTENCE_END = re.compile(r"[.!?…][\"')\]]*(?=\s|$)")
-
-
-def fit_utf8(text: str, max_bytes: int) -> str:
-    """Cut ``text`` to at most ``max_bytes`` of UTF-8, at the last full sentence if there is one.
-
-    Used for generated descriptions, which can run past the VARCHAR limit: a shorter text that
-    ends on a sentence reads better and embeds more faithfully than a cut mid-word.
-    """
-    if len(text.encode("utf-8")) <= max_bytes:
-        return text
-    head = text.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
-    # Sentence ends are found in the whole text: the "2." of a "2.50" cut in half is not one.
-    ends = [m.end() for m in _SENTENCE_END.finditer(text) if m.end() <= len(head)]
-    if ends:
-        return head[: ends[-1]].rstrip()
-    cut = head.rsplit(None, 1)[0] if " " in head else head
-    return cut.rstrip()
 
 
 def _check_vector(vector: Any, where: str) -> list[float]:

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from helpers import metrics
-from helpers.feedback_loop import LoopRun
+from helpers.feedback_loop import POLICIES, LoopRun, ViewRule, view_rule
 from helpers.ledger import RunLedger, encode_vector
 from helpers.settings import REPO_ROOT, get_settings
 
@@ -186,11 +186,21 @@ def test_score_hits_on_a_known_ranking() -> None:
 
 
 def test_searchable_counts_follow_the_policy_views() -> None:
-    recs = [{"iteration": i, "stored": s} for i, s in [(0, True), (0, True), (1, True), (1, False)]]
-    assert metrics.searchable_counts(recs, "accumulate", 2, -1) == (2, 0)
-    assert metrics.searchable_counts(recs, "accumulate", 2, 1) == (2, 3)
-    assert metrics.searchable_counts(recs, "gated", 2, 0) == (2, 2)
-    assert metrics.searchable_counts(recs, "replace", 2, 1) == (2, 1)
+    records = [{"iteration": it, "stored": True} for it in (0, 0, 1, 1)]
+    records.append({"iteration": 1, "stored": False})
+    expected = {
+        "accumulate": [(2, 0), (2, 2), (2, 4)],
+        "gated": [(2, 0), (2, 2), (2, 4)],
+        "replace": [(2, 0), (0, 2), (0, 2)],
+        "replace-keep-human": [(2, 0), (2, 2), (2, 2)],
+        "no-feedback": [(2, 0), (2, 0), (2, 0)],
+    }
+    assert set(expected) == set(POLICIES)
+    for policy, counts in expected.items():
+        assert [
+            metrics.searchable_counts(records, policy, 2, upto) for upto in (-1, 0, 1)
+        ] == counts
+        assert view_rule(policy, -1) == ViewRule(True, "none")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from helpers.evaluation import (
     evaluate_text,
     fact_coverage,
     fact_variants,
+    gate_score,
     length_score,
     load_ratings,
     longest_shared_span,
@@ -195,6 +196,30 @@ def test_evaluator_on_real_embeddings() -> None:
             assert 0.0 <= scores[key] <= 1.0
 
 
+def test_the_gate_score_never_reads_the_human_reference() -> None:
+    """What ``gated`` decides by is the same whether the human reference is the real one or
+    garbage, while the reference-based scores do change."""
+    taverns = load_taverns().set_index("tavern_id")
+    text = taverns.loc["prancing-pony", "description"]
+    context = [taverns.loc["green-dragon", "description"]]
+    real = Evaluator().evaluate(
+        text, {**PONY, "reference": text}, context_texts=context, iteration=0
+    )
+    junk = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, zzz qqq."
+    garbage = Evaluator().evaluate(
+        text, {**PONY, "reference": junk, "description": junk}, context_texts=context, iteration=0
+    )
+    assert real["reference_similarity"] > garbage["reference_similarity"] + 0.3
+    assert real["score"] != garbage["score"]
+    assert real["gate_score"] == garbage["gate_score"]
+    assert gate_score(real) == pytest.approx(real["gate_score"], abs=1e-6)
+    assert gate_score({**real, "reference_similarity": 0.0}) == gate_score(real)
+    worse = gate_score({**real, "copy_share": 1.0})
+    assert worse < gate_score(real)  # copying the context lowers it
+    judged = gate_score({**real, "judge_score": 0.0})
+    assert judged < gate_score(real)  # the judge (facts and text only) enters when present
+
+
 def test_evaluator_uses_given_vectors_instead_of_embedding() -> None:
     pony = {**PONY, "reference": "irrelevant"}
     v = np.zeros(384, dtype=np.float32)
@@ -218,6 +243,12 @@ def test_evaluator_uses_given_vectors_instead_of_embedding() -> None:
         ("9.5", 9.5),
         ("10", 10.0),
         ("I'd say 3.", 3.0),
+        # the scale is not the rating (this read 1 before)
+        ("On a scale of 1-10, I would give this description a 7.", 7.0),
+        ("On a scale from 1 to 10: 8", 8.0),
+        ("Rating (1 (poor) to 10 (excellent)): 6", 6.0),
+        ("1-10 scale... 9/10", 9.0),
+        ("I rate it 7 out of 10; 3 facts are there.", 7.0),
         ("no idea", None),
         ("0", None),
         ("", None),

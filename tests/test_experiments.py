@@ -235,7 +235,9 @@ def test_shared_generations_answer_a_repeated_request_from_the_file(tmp_path, lo
 def test_a_sweep_shares_the_iterations_the_policies_have_in_common(settings, local_generator):
     milvus = start_milvus(settings)
     try:
-        points = ex.sweep_points(["accumulate", "replace"], [1.0], [1])
+        # replace-keep-human: the humans stay in its view, so the two stores agree before
+        # iteration 2 (Gerstgrasser's replace drops them after iteration 0)
+        points = ex.sweep_points(["accumulate", "replace-keep-human"], [1.0], [1])
         base = LoopParams(iterations=2, n_taverns=2, max_tokens=10, generator="local")
         shared = ex.SharedGenerations(local_generator, tmp := settings.run_dir / "g.jsonl")
         runs = ex.run_sweep(points, base, settings, milvus=milvus, generator=shared,
@@ -249,7 +251,10 @@ def test_a_sweep_shares_the_iterations_the_policies_have_in_common(settings, loc
                      progress=False)  # fmt: skip
         assert shared.misses == 4 and tmp.is_file()
         table = ex.experiment_table(runs, k=2, milvus=milvus)
-        assert sorted(table["run_id"].unique()) == ["t-accumulate-hf100-s1", "t-replace-hf100-s1"]
+        assert sorted(table["run_id"].unique()) == [
+            "t-accumulate-hf100-s1",
+            "t-replace-keep-human-hf100-s1",
+        ]
         assert set(table["iteration"]) == {-1, 0, 1}
         before = table[table["iteration"] == -1]
         assert before["generated_share"].eq(0).all() and before["dispersion"].isna().all()

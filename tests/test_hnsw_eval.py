@@ -51,14 +51,16 @@ def test_exact_topk_matches_full_sort_in_chunks():
     assert np.array_equal(got, expected)
 
 
-def test_recall_at_k_known_case():
+def test_ann_recall_at_k_known_case():
     exact = [[1, 2, 3, 4], [5, 6, 7, 8]]
     approx = [[4, 3, 9, 1], [5, 6, 7, 8]]  # order does not matter: 3/4 and 4/4
-    assert hnsw_eval.recall_at_k(approx, exact, 4) == pytest.approx(7 / 8)
-    assert hnsw_eval.recall_at_k([[1, 2], [5]], exact, 2) == pytest.approx(3 / 4)  # short rows miss
-    assert hnsw_eval.recall_at_k(np.array(exact), np.array(exact), 4) == 1.0
+    assert hnsw_eval.ann_recall_at_k(approx, exact, 4) == pytest.approx(7 / 8)
+    assert hnsw_eval.ann_recall_at_k([[1, 2], [5]], exact, 2) == pytest.approx(
+        3 / 4
+    )  # short rows miss
+    assert hnsw_eval.ann_recall_at_k(np.array(exact), np.array(exact), 4) == 1.0
     with pytest.raises(ValueError):
-        hnsw_eval.recall_at_k(approx[:1], exact, 4)
+        hnsw_eval.ann_recall_at_k(approx[:1], exact, 4)
 
 
 # ── corpus ───────────────────────────────────────────────────────────────────────────
