@@ -16,10 +16,17 @@ import dataclasses
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from helpers.generators import Generation, Generator, LocalGenerator
+from helpers.generators import (
+    GenerateManyError,
+    Generation,
+    GenerationRequest,
+    Generator,
+    LocalGenerator,
+)
 
 __all__ = ["CachedGenerator", "cache_path", "context_window"]
 
@@ -103,6 +110,49 @@ class CachedGenerator:
         generation = self.inner.generate(
             prompt, system=system, max_tokens=max_tokens, temperature=temperature, seed=seed
         )
+        self._store(key, generation)
+        return generation
+
+    def _request_key(self, request: GenerationRequest) -> str:
+        return self.key(
+            request.prompt, system=request.system, max_tokens=request.max_tokens,
+            temperature=request.temperature, seed=request.seed,
+        )  # fmt: skip
+
+    def generate_many(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        """Answer the requests seen before from the file and send only the others, together and
+        in order, to the wrapped generator's ``generate_many`` (so its batching or concurrency
+        still applies). Every answer is stored as soon as the batch returns; if part of it fails,
+        the answers that did arrive are stored too and the error is raised with positions in
+        ``requests``."""
+        keys = [self._request_key(r) for r in requests]
+        out: list[Generation | None] = [None] * len(requests)
+        missing: list[int] = []
+        for i, key in enumerate(keys):
+            if key in self._cache:
+                self.hits += 1
+                out[i] = Generation(**self._cache[key])
+            else:
+                missing.append(i)
+        if missing:
+            try:
+                fresh: Sequence[Generation | None] = self.inner.generate_many(
+                    [requests[i] for i in missing]
+                )
+                error = None
+            except GenerateManyError as exc:
+                fresh, error = exc.generations, exc
+            for i, generation in zip(missing, fresh, strict=False):
+                if generation is not None:
+                    self._store(keys[i], generation)
+                    out[i] = generation
+            if error is not None:
+                raise GenerateManyError(
+                    out, {missing[j]: e for j, e in error.errors.items()}
+                ) from None
+        return [g for g in out if g is not None]
+
+    def _store(self, key: str, generation: Generation) -> None:
         self.misses += 1
         record = dataclasses.asdict(generation)
         self._cache[key] = record
@@ -110,7 +160,6 @@ class CachedGenerator:
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps({"key": key, "generation": record}) + "\n")
             fh.flush()
-        return generation
 
 
 def context_window(generator: Generator) -> int | None:
