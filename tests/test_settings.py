@@ -263,6 +263,7 @@ def test_settings_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
     env["GFL_RUN_DIR"] = str(tmp_path)
     for args in (
         ["-m", "helpers.main_job", "--only", "01"],
+        ["-m", "helpers.feedback_loop", "--iterations", "1"],
         ["-c", "from helpers.settings import settings_or_exit; settings_or_exit()"],
     ):
         done = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,

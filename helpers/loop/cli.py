@@ -29,7 +29,7 @@ from helpers.loop.params import (
     LoopParams,
 )
 from helpers.milvus_server import MilvusServerError
-from helpers.settings import BACKENDS, GENERATORS, get_settings
+from helpers.settings import BACKENDS, GENERATORS, settings_or_exit
 
 
 def _number(kind: type, low: float, high: float | None, what: str) -> Callable[[str], Any]:
@@ -256,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"--resume takes the loop's options from the run's params.json; drop "
                 f"{', '.join(fixed)} (only --backend, --run-dir and --no-progress go with it)"
             )
-    settings = get_settings(
+    settings = settings_or_exit(
         milvus_backend=args.backend, run_dir=args.run_dir, generator=args.generator
     )
     common = {"progress": not args.no_progress}
