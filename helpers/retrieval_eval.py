@@ -117,19 +117,21 @@ def summarize(
     by: str | None = None,
     metrics: Sequence[str] = METRICS,
     *,
+    label: str = "mode",
     n_boot: int = N_BOOT,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Mean and 95 % interval of each metric, per mode (and per ``by`` group, plus "all").
+    """Mean and 95 % interval of each metric, per ``label`` value (a mode, or e.g. the
+    collection) and per ``by`` group, plus "all".
 
-    Long format: mode, group, metric, n (queries), mean, low, high.
+    Long format: mode (the ``label`` value), group, metric, n (queries), mean, low, high.
     """
     rows = []
     groups: list[tuple[str, pd.DataFrame]] = [("all", per_query)]
     if by is not None:
         groups += [(str(g), df) for g, df in per_query.groupby(by, sort=True)]
     for group, df in groups:
-        for mode, mdf in df.groupby("mode", sort=False):
+        for mode, mdf in df.groupby(label, sort=False):
             for metric in metrics:
                 mean, low, high = bootstrap_ci(mdf[metric], n_boot=n_boot, seed=seed)
                 rows.append(
@@ -167,13 +169,15 @@ def compare_modes(
     by: str | None = "difficulty",
     metrics: Sequence[str] = ("MRR", "nDCG@10"),
     *,
+    label: str = "mode",
     n_boot: int = N_BOOT,
     seed: int = 0,
 ) -> pd.DataFrame:
     """Paired per-query differences ``mode - baseline`` with 95 % bootstrap intervals and a
-    verdict word (``higher``, ``lower``, ``no clear difference``), overall and per group."""
+    verdict word (``higher``, ``lower``, ``no clear difference``), overall and per group.
+    ``label`` is the column that holds ``mode`` and ``baseline`` (e.g. ``collection``)."""
     wide = per_query.pivot_table(
-        index=["query_id", *([by] if by else [])], columns="mode", values=list(metrics)
+        index=["query_id", *([by] if by else [])], columns=label, values=list(metrics)
     )
     rows = []
     keys = [("all", wide)]
@@ -190,6 +194,21 @@ def compare_modes(
                  "difference": mean, "low": low, "high": high, "verdict": verdict(low, high)}
             )  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def sentence(row: Mapping[str, object], mode: str, baseline: str, what: str = "") -> str:
+    """One row of :func:`compare_modes` as a sentence whose direction comes from the interval."""
+    where = what or f"{row['group']} queries"
+    words = {
+        "higher": "higher",
+        "lower": "lower",
+        "no clear difference": "not clearly different (the interval includes 0)",
+    }
+    return (
+        f"On {where} (n={row['n']}), {row['metric']} of {mode} is {row[mode]:.2f} against "
+        f"{row[baseline]:.2f} for {baseline}: difference {row['difference']:+.2f} "
+        f"[95 % CI {row['low']:+.2f}, {row['high']:+.2f}], so {words[str(row['verdict'])]}."
+    )
 
 
 def wins(
