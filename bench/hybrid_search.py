@@ -201,12 +201,20 @@ def measure_backend(
 
 
 def run(
-    quick: bool = False, out_dir: Path | None = None, *, settings: Settings | None = None
+    quick: bool = False,
+    out_dir: Path | None = None,
+    *,
+    settings: Settings | None = None,
+    n_corpus: int | None = None,
+    n_queries: int | None = None,
 ) -> pd.DataFrame:
-    """Run the benchmark and write ``<out_dir>/hybrid_search.csv``."""
+    """Run the benchmark and write ``<out_dir>/hybrid_search.csv``. ``n_corpus`` and
+    ``n_queries`` override the size of the chosen mode (e.g. on a loaded machine)."""
     from helpers.embeddings import encode_queries
 
-    grid = QUICK if quick else FULL
+    grid = dict(QUICK if quick else FULL)
+    grid["n_corpus"] = n_corpus or grid["n_corpus"]
+    grid["n_queries"] = n_queries or grid["n_queries"]
     out_dir = prepare_out_dir(out_dir)
     settings = settings or get_settings()
     start = time.perf_counter()
