@@ -29,6 +29,7 @@ ORDER = (
     "generation",
     "loop_breakdown",
     "search_quality",
+    "hybrid_search",
     "scaling",
     "memory",
     "server_lifecycle",

@@ -11,13 +11,17 @@ change, and why (see docs/article-errata.md):
 * HNSW params are passed in the nested form ``{"params": {"M": .., "efConstruction": ..}}``:
   milvus-lite silently ignores the flat form and builds M=16;
 * VARCHAR limits are checked here, in UTF-8 bytes: the C++ server counts bytes, milvus-lite counts
-  characters, so a byte check is the one that holds on every backend.
+  characters, so a byte check is the one that holds on every backend;
+* on servers with full-text search (milvus-lite 3.2+, Milvus 2.5+) the collection also gets an
+  analyzed ``search_text`` (name + description) and a BM25 sparse field beside the dense vector
+  (:mod:`helpers.fulltext`); on the C++ 2.3.5 server it keeps the dense-only schema.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -25,13 +29,17 @@ from typing import Any
 import numpy as np
 from pymilvus import CollectionSchema, DataType, MilvusClient
 
+from helpers import fulltext
 from helpers.common import fit_utf8, stable_id  # re-exported: callers import them from here
 from helpers.embeddings import DIM
+
+log = logging.getLogger(__name__)
 
 COLLECTION = "taverns10"  # the article's collection name
 VECTOR_FIELD = "vector_embedding"
 DESCRIPTION_MAX = 3000
 SHORT_MAX = 255
+SEARCH_TEXT_MAX = SHORT_MAX + 1 + DESCRIPTION_MAX  # name, newline, description (bytes)
 HNSW_M = 48
 HNSW_EF_CONSTRUCTION = 200
 METRIC = "IP"
@@ -49,8 +57,9 @@ class SchemaError(ValueError):
     """A row does not fit the collection; the message names the row, the field and the fix."""
 
 
-def tavern_schema() -> CollectionSchema:
-    """The article's six fields, with the article's descriptions."""
+def tavern_schema(full_text: bool = False) -> CollectionSchema:
+    """The article's six fields, with the article's descriptions; with ``full_text``, also the
+    analyzed name + description and its BM25 sparse field (:mod:`helpers.fulltext`)."""
     schema = MilvusClient.create_schema(auto_id=False, description="LOTR Taverns")
     schema.add_field("id", DataType.INT64, is_primary=True)
     schema.add_field("name", DataType.VARCHAR, max_length=SHORT_MAX, description="Tavern name")
@@ -75,6 +84,8 @@ def tavern_schema() -> CollectionSchema:
         dim=DIM,
         description="Vector embedding for semantic search",
     )
+    if full_text:
+        fulltext.add_full_text_fields(schema, SEARCH_TEXT_MAX)
     return schema
 
 
@@ -118,21 +129,23 @@ def ensure_collection(
     *,
     drop_existing: bool = False,
     hint: str = "pass another collection name",
+    also_accept: Sequence[CollectionSchema] = (),
 ) -> bool:
     """Create collection ``name`` with ``schema`` if it is missing. Returns True when created.
 
-    An existing collection with the same fields is kept (notebooks are re-runnable); one with
-    other fields is an error rather than a silent mix of two schemas.
+    An existing collection with the same fields (or those of one of ``also_accept``) is kept
+    (notebooks are re-runnable); one with other fields is an error rather than a silent mix of
+    two schemas.
     """
     if client.has_collection(name):
         if drop_existing:
             client.drop_collection(name)
         else:
             have = _field_names(client.describe_collection(name))
-            want = [f.name for f in schema.fields]
-            if sorted(have) != sorted(want):
+            wanted = [[f.name for f in s.fields] for s in (schema, *also_accept)]
+            if not any(sorted(have) == sorted(want) for want in wanted):
                 raise SchemaError(
-                    f"Collection {name!r} exists with fields {have}, not {want}. Drop it "
+                    f"Collection {name!r} exists with fields {have}, not {wanted[0]}. Drop it "
                     f"(client.drop_collection({name!r})) or {hint}."
                 )
             return False
@@ -140,12 +153,42 @@ def ensure_collection(
     return True
 
 
+def wants_full_text(client: MilvusClient, full_text: bool | None = None) -> bool:
+    """Resolve ``full_text`` (None: whatever the server supports) against the server's version.
+
+    Asking for full text on a server without it (the C++ 2.3.5 default_server) is an error that
+    says which version is needed; the automatic choice logs the same reason and goes dense-only.
+    """
+    if full_text is False:
+        return False
+    caps = fulltext.search_capabilities(client)
+    if not caps.full_text:
+        if full_text:
+            raise SchemaError(caps.reason + ".")
+        log.warning("%s.", caps.reason)
+    return caps.full_text
+
+
 def create_tavern_collection(
-    client: MilvusClient, name: str = COLLECTION, *, drop_existing: bool = False
+    client: MilvusClient,
+    name: str = COLLECTION,
+    *,
+    drop_existing: bool = False,
+    full_text: bool | None = None,
 ) -> bool:
-    """The article's collection (:func:`tavern_schema`), created if missing: see
-    :func:`ensure_collection`."""
-    return ensure_collection(client, name, tavern_schema(), drop_existing=drop_existing)
+    """The article's collection (:func:`tavern_schema`), created if missing (see
+    :func:`ensure_collection`). Returns True when it was created.
+
+    ``full_text``: None creates the BM25 fields where the server supports them (and keeps an
+    existing collection with or without them); True requires them; False is the article's
+    dense-only schema.
+    """
+    if client.has_collection(name) and not drop_existing:
+        options = [False, True] if full_text is None else [full_text]
+        schemas = [tavern_schema(option) for option in options]
+        return ensure_collection(client, name, schemas[-1], also_accept=schemas[:-1])
+    schema = tavern_schema(wants_full_text(client, full_text))
+    return ensure_collection(client, name, schema, drop_existing=drop_existing)
 
 
 def index_info(
@@ -196,6 +239,9 @@ def build_hnsw_index(
         client.drop_index(name, index_name=VECTOR_FIELD)
     if not same:
         client.create_index(name, hnsw_index_params(client, m, ef_construction))
+    has_bm25 = fulltext.has_full_text(client.describe_collection(name))
+    if has_bm25 and fulltext.SPARSE_FIELD not in client.list_indexes(name):
+        client.create_index(name, fulltext.add_bm25_index(client.prepare_index_params()))
     client.load_collection(name)
     return index_info(client, name)
 
@@ -222,12 +268,13 @@ def _check_vector(vector: Any, where: str) -> list[float]:
 
 
 def prepare_rows(
-    rows: Iterable[Mapping[str, Any]], *, truncate_description: bool = True
+    rows: Iterable[Mapping[str, Any]], *, truncate_description: bool = True, full_text: bool = False
 ) -> list[dict[str, Any]]:
     """Check every row before anything is written, so a bad row never leaves half a batch stored.
 
     Descriptions over 3000 UTF-8 bytes are cut at the last full sentence (documented, tested);
     with ``truncate_description=False`` they are an error. Every other violation is an error.
+    With ``full_text`` each row also gets ``search_text`` (name + description) for BM25.
     """
     out: list[dict[str, Any]] = []
     seen: dict[int, int] = {}
@@ -259,6 +306,8 @@ def prepare_rows(
                     )
             clean[fld] = value
         clean[VECTOR_FIELD] = _check_vector(clean.get(VECTOR_FIELD), where)
+        if full_text:
+            clean[fulltext.TEXT_FIELD] = fulltext.search_text(clean["name"], clean["description"])
         out.append(clean)
     return out
 
@@ -271,8 +320,11 @@ def upsert_rows(
     batch_size: int = 256,
     truncate_description: bool = True,
 ) -> int:
-    """Validate all rows, then upsert them in batches (one RPC per batch, not per row)."""
-    clean = prepare_rows(rows, truncate_description=truncate_description)
+    """Validate all rows, then upsert them in batches (one RPC per batch, not per row).
+
+    On a collection with the BM25 fields each row gets its ``search_text`` here."""
+    full_text = fulltext.has_full_text(client.describe_collection(name))
+    clean = prepare_rows(rows, truncate_description=truncate_description, full_text=full_text)
     for start in range(0, len(clean), batch_size):
         client.upsert(name, clean[start : start + batch_size])
     return len(clean)
@@ -298,11 +350,17 @@ def tavern_rows(frame: Any, vectors: Any, *, source: str) -> list[dict[str, Any]
 
 
 def fill_collection(
-    client: MilvusClient, name: str, rows: Sequence[Mapping[str, Any]], *, replace: bool = True
+    client: MilvusClient,
+    name: str,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    replace: bool = True,
+    full_text: bool | None = None,
 ) -> dict[str, Any]:
     """Create (or with ``replace``, recreate) a collection holding exactly ``rows``, indexed
-    and loaded, ready to search. Rows are validated before the old collection is dropped."""
+    and loaded, ready to search. Rows are validated before the old collection is dropped.
+    ``full_text`` as in :func:`create_tavern_collection`."""
     clean = prepare_rows(rows)
-    create_tavern_collection(client, name, drop_existing=replace)
+    create_tavern_collection(client, name, drop_existing=replace, full_text=full_text)
     upsert_rows(client, clean, name)
     return build_hnsw_index(client, name)
