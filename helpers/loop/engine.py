@@ -151,7 +151,18 @@ class FeedbackLoop:
         for tav in self.taverns:
             self.reference_vectors[tav["tavern_id"]] = embed_one(tav["description"])
         marks.append(time.perf_counter())
-        human_rows = [self._human_row(self.by_id[t]) for t in self.manifest.human_taverns]
+        human_rows = [
+            human_row(
+                self.run_id, self.by_id[t], self.reference_vectors[t],
+                self.evaluator.offline_scores(
+                    self.by_id[t]["description"], self.by_id[t],
+                    text_vector=self.reference_vectors[t],
+                    reference_vector=self.reference_vectors[t],
+                ),
+                self.manifest.created_at,
+            )
+            for t in self.manifest.human_taverns
+        ]  # fmt: skip
         if human_rows:
             client.upsert(self.collection, prepare_rows(human_rows))
         for row in human_rows:
@@ -161,7 +172,9 @@ class FeedbackLoop:
         # answer no query on a collection that is not loaded.
         build_hnsw_index(client, self.collection)
         marks.append(time.perf_counter())
-        restored = self._restore(records)
+        restored = restore_state(
+            self.state, records, client, self.collection, self.ledger.ledger_path
+        )
         marks.append(time.perf_counter())
         if self.on_timing is not None:
             names = ("collection_s", "embed_references_s", "human_rows_s", "flush_index_s")
@@ -169,51 +182,6 @@ class FeedbackLoop:
             seconds = {n: b - a for n, a, b in zip(names, marks[:-1], marks[1:], strict=True)}
             self.on_timing({"phase": "prepare", **seconds, "t0": marks[0], "t1": marks[-1]})
         return {"created": int(created), "records": len(records), "restored": restored}
-
-    def _human_row(self, tavern: Mapping[str, str]) -> dict[str, Any]:
-        vector = self.reference_vectors[tavern["tavern_id"]]
-        scores = self.evaluator.offline_scores(
-            tavern["description"], tavern, text_vector=vector, reference_vector=vector
-        )
-        return {
-            "id": row_id(self.run_id, HUMAN_ITERATION, tavern["tavern_id"]),
-            "name": tavern["name"],
-            "description": tavern["description"],
-            "location": tavern["location"],
-            "famous_visitor": tavern["famous_visitor"],
-            "vector_embedding": vector.tolist(),
-            "tavern_id": tavern["tavern_id"],
-            "run_id": self.run_id,
-            "iteration": HUMAN_ITERATION,
-            "source": "human",
-            "generator": "human",
-            "model": "",
-            "context_ids": [],
-            "parent_id": 0,
-            "scores": {k: json_number(v) for k, v in scores.items()},
-            "created_at": self.manifest.created_at,
-        }
-
-    def _restore(self, records: list[Record]) -> int:
-        """Rebuild the state from the ledger and re-insert ledgered rows missing from the store
-        (a crash between ledger and insert). Returns how many were re-inserted."""
-        stored_ids = []
-        for rec in records:
-            key = (rec["iteration"], rec["tavern_id"])
-            if key in self.state.records:
-                raise LoopError(
-                    f"{self.ledger.ledger_path} has two records for iteration {key[0]} of "
-                    f"{key[1]}; the ledger was edited. Restore it or start a new run."
-                )
-            self.state.records[key] = rec
-            if rec["stored"]:
-                self.state.vectors[rec["row_id"]] = decode_vector(rec["vector_b64"])
-                stored_ids.append(rec["row_id"])
-        present = present_ids(self.client, self.collection, stored_ids)
-        missing = [r for r in records if r["stored"] and r["row_id"] not in present]
-        if missing:
-            self.client.upsert(self.collection, prepare_rows([row_from_record(r) for r in missing]))
-        return len(missing)
 
     # -- one iteration ---------------------------------------------------------------------------
 
@@ -325,8 +293,12 @@ class FeedbackLoop:
         vector = embed_one(text) if text else None
         timings["embed_s"] = time.perf_counter() - t0
         scores = self._score(request, text, vector)
-        stored, reason = self._decide(tavern["tavern_id"], iteration, text, scores)
-        record = self._record(request, gen, text, vector, scores, stored, reason)
+        current = self.state.current(iteration).get(tavern["tavern_id"])
+        stored, reason = decide(self.params.policy, current, text, scores)
+        record = ledger_record(
+            self.run_id, request, gen, text, vector, scores, stored, reason,
+            temperature=self.params.temperature, max_tokens=self.manifest.max_tokens_resolved,
+        )  # fmt: skip
         write_timings = self._write(record, vector)
         if self.on_timing is not None:
             own = request.elapsed_s + time.perf_counter() - t_start
@@ -338,55 +310,6 @@ class FeedbackLoop:
                 }
             )  # fmt: skip
         return record
-
-    def _record(
-        self,
-        request: GenerationRequest,
-        gen: Generation,
-        text: str,
-        vector: np.ndarray | None,
-        scores: dict[str, Any],
-        stored: bool,
-        reason: str,
-    ) -> Record:
-        tavern, contexts = request.tavern, request.contexts
-        tid = tavern["tavern_id"]
-        return {
-            "run_id": self.run_id,
-            "iteration": request.iteration,
-            "tavern_id": tid,
-            "name": tavern["name"],
-            "location": tavern["location"],
-            "famous_visitor": tavern["famous_visitor"],
-            "row_id": row_id(self.run_id, request.iteration, tid),
-            "parent_id": request.parent_id,
-            "context_ids": [c["id"] for c in contexts],
-            "context": [
-                {k: c[k] for k in ("id", "tavern_id", "name", "source", "iteration")}
-                | {
-                    "age": request.iteration - c["iteration"],
-                    "similarity": round(c["similarity"], 6),
-                }
-                for c in contexts
-            ],
-            "prompt": request.prompt,
-            "prompt_sha256": sha256(request.prompt.encode("utf-8")).hexdigest(),
-            "seed": request.seed,
-            "temperature": self.params.temperature,
-            "max_tokens": self.manifest.max_tokens_resolved,
-            "generator": gen.generator,
-            "model": gen.model,
-            "text": text,
-            "input_tokens": gen.input_tokens,
-            "output_tokens": gen.output_tokens,
-            "stop_reason": gen.stop_reason,
-            "scores": scores,
-            "stored": stored,
-            "reason": reason,
-            "vector_b64": encode_vector(vector) if vector is not None else "",
-            "timings": {k: round(v, 4) for k, v in request.timings.items()},
-            "created_at": now(),
-        }
 
     def _score(
         self, request: GenerationRequest, text: str, vector: np.ndarray | None
@@ -424,40 +347,6 @@ class FeedbackLoop:
         if self.on_record is not None:
             self.on_record(record)
         return {"ledger_s": t1 - t0, "insert_s": t2 - t1}
-
-    def _decide(
-        self, tavern_id: str, iteration: int, text: str, scores: Mapping[str, Any]
-    ) -> tuple[bool, str]:
-        """Whether to write the new version back, and why (kept in the ledger). ``gated``
-        compares gate scores (see the module docstring), never the human reference."""
-        if not text:
-            return False, "empty text"
-        if self.params.policy != "gated":
-            return True, self.params.policy
-        current = self.state.current(iteration).get(tavern_id)
-        if current is None:
-            return True, "gated: first version"
-        new, old = self._gate(scores), self._gate(current["scores"])
-        if new >= old:
-            return True, f"gated: {new:.4f} >= current {old:.4f}"
-        return (
-            False,
-            f"gated: {new:.4f} < current {old:.4f} (iteration {int(current['iteration'])})",
-        )
-
-    @staticmethod
-    def _gate(scores: Mapping[str, Any]) -> float:
-        """A version's gate score: the evaluator's ``gate_score``, else computed from the
-        oracle-free inputs in its scores (a ledger written before the gate had its own score)."""
-        if scores.get("gate_score") is not None:
-            return float(scores["gate_score"])
-        try:
-            return gate_score(scores)
-        except KeyError as exc:
-            raise LoopError(
-                f"The evaluator's scores lack {exc}: gated needs a gate_score (or coverage, "
-                "length_score, distinct_2 and copy_share). Subclass helpers.evaluation.Evaluator."
-            ) from None
 
     # -- the run ---------------------------------------------------------------------------------
 
@@ -502,3 +391,144 @@ class FeedbackLoop:
         )
         self.ledger.write_metrics(rows)
         return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# The steps of one generation, as functions of their inputs
+
+
+def human_row(
+    run_id: str, tavern: Mapping[str, str], vector: np.ndarray, scores: Mapping[str, Any],
+    created_at: str,
+) -> dict[str, Any]:  # fmt: skip
+    """The stored row of a tavern's human reference (iteration -1) with its offline scores."""
+    return {
+        "id": row_id(run_id, HUMAN_ITERATION, tavern["tavern_id"]),
+        "name": tavern["name"],
+        "description": tavern["description"],
+        "location": tavern["location"],
+        "famous_visitor": tavern["famous_visitor"],
+        "vector_embedding": vector.tolist(),
+        "tavern_id": tavern["tavern_id"],
+        "run_id": run_id,
+        "iteration": HUMAN_ITERATION,
+        "source": "human",
+        "generator": "human",
+        "model": "",
+        "context_ids": [],
+        "parent_id": 0,
+        "scores": {k: json_number(v) for k, v in scores.items()},
+        "created_at": created_at,
+    }
+
+
+def restore_state(
+    state: LoopState, records: list[Record], client: Any, collection: str, where: Any
+) -> int:
+    """Rebuild the state from the ledger and re-insert ledgered rows missing from the store
+    (a crash between ledger and insert). Returns how many were re-inserted."""
+    stored_ids = []
+    for rec in records:
+        key = (rec["iteration"], rec["tavern_id"])
+        if key in state.records:
+            raise LoopError(
+                f"{where} has two records for iteration {key[0]} of "
+                f"{key[1]}; the ledger was edited. Restore it or start a new run."
+            )
+        state.records[key] = rec
+        if rec["stored"]:
+            state.vectors[rec["row_id"]] = decode_vector(rec["vector_b64"])
+            stored_ids.append(rec["row_id"])
+    present = present_ids(client, collection, stored_ids)
+    missing = [r for r in records if r["stored"] and r["row_id"] not in present]
+    if missing:
+        client.upsert(collection, prepare_rows([row_from_record(r) for r in missing]))
+    return len(missing)
+
+
+def ledger_record(
+    run_id: str,
+    request: GenerationRequest,
+    gen: Generation,
+    text: str,
+    vector: np.ndarray | None,
+    scores: dict[str, Any],
+    stored: bool,
+    reason: str,
+    *,
+    temperature: float,
+    max_tokens: int,
+) -> Record:
+    """The ledger record of one generation (the stored row is made from it: ``row_from_record``)."""
+    tavern, contexts = request.tavern, request.contexts
+    tid = tavern["tavern_id"]
+    return {
+        "run_id": run_id,
+        "iteration": request.iteration,
+        "tavern_id": tid,
+        "name": tavern["name"],
+        "location": tavern["location"],
+        "famous_visitor": tavern["famous_visitor"],
+        "row_id": row_id(run_id, request.iteration, tid),
+        "parent_id": request.parent_id,
+        "context_ids": [c["id"] for c in contexts],
+        "context": [
+            {k: c[k] for k in ("id", "tavern_id", "name", "source", "iteration")}
+            | {
+                "age": request.iteration - c["iteration"],
+                "similarity": round(c["similarity"], 6),
+            }
+            for c in contexts
+        ],
+        "prompt": request.prompt,
+        "prompt_sha256": sha256(request.prompt.encode("utf-8")).hexdigest(),
+        "seed": request.seed,
+        "temperature": temperature,
+        "max_tokens": max_tokens,
+        "generator": gen.generator,
+        "model": gen.model,
+        "text": text,
+        "input_tokens": gen.input_tokens,
+        "output_tokens": gen.output_tokens,
+        "stop_reason": gen.stop_reason,
+        "scores": scores,
+        "stored": stored,
+        "reason": reason,
+        "vector_b64": encode_vector(vector) if vector is not None else "",
+        "timings": {k: round(v, 4) for k, v in request.timings.items()},
+        "created_at": now(),
+    }
+
+
+def decide(
+    policy: str, current: Mapping[str, Any] | None, text: str, scores: Mapping[str, Any]
+) -> tuple[bool, str]:
+    """Whether to write the new version back, and why (kept in the ledger). ``current``:
+    the tavern's current version (None: it has none). ``gated`` compares gate scores (see the module docstring), never the human reference."""
+    if not text:
+        return False, "empty text"
+    if policy != "gated":
+        return True, policy
+    if current is None:
+        return True, "gated: first version"
+    new, old = gate_of(scores), gate_of(current["scores"])
+    if new >= old:
+        return True, f"gated: {new:.4f} >= current {old:.4f}"
+    return (
+        False,
+        f"gated: {new:.4f} < current {old:.4f} (iteration {int(current['iteration'])})",
+    )
+
+
+def gate_of(scores: Mapping[str, Any]) -> float:
+    """A version's gate score: the evaluator's ``gate_score``, else computed from the
+    oracle-free inputs in its scores (a ledger written before the gate had its own score)."""
+    if scores.get("gate_score") is not None:
+        return float(scores["gate_score"])
+    try:
+        return gate_score(scores)
+    except KeyError as exc:
+        raise LoopError(
+            f"The evaluator's scores lack {exc}: gated needs a gate_score (or coverage, "
+            "length_score, distinct_2 and copy_share). Subclass helpers.evaluation.Evaluator."
+        ) from None
