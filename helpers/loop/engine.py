@@ -39,8 +39,8 @@ from helpers.common import fit_utf8
 from helpers.evaluation import Evaluator, gate_score
 from helpers.generators import Generation, Generator
 from helpers.ledger import RunLedger, decode_vector, encode_vector
-from helpers.loop.params import HUMAN_ITERATION, LoopError, RunManifest, generation_seed, row_id
-from helpers.loop.prompt import build_prompt, intro_query
+from helpers.loop.params import HUMAN_ITERATION, LoopError, RunManifest, row_id
+from helpers.loop.requests import GenerationRequest, Retriever
 from helpers.loop.store import (
     Milvus,
     client_of,
@@ -50,8 +50,6 @@ from helpers.loop.store import (
     open_loop_collection,
     present_ids,
     row_from_record,
-    search_contexts,
-    view_filter,
 )
 from helpers.loop.versions import current_versions
 from helpers.run_analysis import iteration_metrics, summary_line
@@ -61,21 +59,6 @@ log = logging.getLogger(__name__)
 
 Record = dict[str, Any]
 TimingHook = Callable[[dict[str, Any]], object]
-
-
-@dataclass
-class GenerationRequest:
-    """One generation to make: the tavern, its contexts and prompt, and what it took so far."""
-
-    tavern: Mapping[str, str]
-    iteration: int
-    contexts: list[dict[str, Any]]
-    parent_id: int
-    prompt: str
-    seed: int
-    timings: dict[str, float] = field(default_factory=dict)  # ledgered
-    t0: float = 0.0  # perf_counter at the start of its retrieval
-    elapsed_s: float = 0.0  # its own wall time so far (for the timing hook)
 
 
 @dataclass
@@ -132,7 +115,7 @@ class FeedbackLoop:
         self.by_id = {t["tavern_id"]: t for t in self.taverns}
         self.state = LoopState()
         self.reference_vectors: dict[str, np.ndarray] = {}
-        self._facts_queries: dict[str, np.ndarray] = {}
+        self.retriever = Retriever(manifest.params, milvus, manifest.collection, self.state)
 
     @property
     def client(self) -> Any:
@@ -185,75 +168,6 @@ class FeedbackLoop:
 
     # -- one iteration ---------------------------------------------------------------------------
 
-    def retrieve(
-        self,
-        tavern: Mapping[str, str],
-        iteration: int,
-        current: Mapping[str, Mapping[str, Any]],
-    ) -> tuple[list[dict[str, Any]], int]:
-        """The ``k`` contexts for ``tavern`` in ``iteration`` and the parent id (the version whose
-        vector was the query; 0 for the facts query). ``current``: every tavern's version
-        before the iteration (:meth:`LoopState.current`). Only rows of earlier iterations are
-        visible (see :mod:`helpers.loop`); ``query_mode`` and ``exclude_own`` as in
-        :class:`~helpers.loop.params.LoopParams`."""
-        tid = tavern["tavern_id"]
-        version = current.get(tid)
-        from_self = (
-            version is not None
-            and self.params.query_mode == "self"
-            and self.params.policy != "no-feedback"
-        )
-        parent = int(version["row_id"]) if from_self and version is not None else 0
-        query = self.state.vectors[parent] if from_self else self._facts_query(tavern)
-        expr = view_filter(
-            self.params.policy,
-            self.params.sources,
-            self.run_id,
-            iteration - 1,
-            exclude_tavern=tid if self.params.exclude_own else None,
-        )
-        if expr is None:
-            return [], parent
-        contexts = search_contexts(
-            self.client, self.collection, query, expr, self.params.k, self.state.vectors
-        )
-        return contexts, parent
-
-    def _facts_query(self, tavern: Mapping[str, str]) -> np.ndarray:
-        """The embedding of the tavern's name, location and visitor (made once per run)."""
-        tid = tavern["tavern_id"]
-        if tid not in self._facts_queries:
-            self._facts_queries[tid] = embed_one(intro_query(tavern), query=True)
-        return self._facts_queries[tid]
-
-    def build_requests(
-        self, iteration: int, todo: Sequence[Mapping[str, str]]
-    ) -> list[GenerationRequest]:
-        """Retrieve and build the prompt of every tavern in ``todo`` (nothing is written)."""
-        current = self.state.current(iteration)
-        requests = []
-        for tavern in todo:
-            t0 = time.perf_counter()
-            contexts, parent = self.retrieve(tavern, iteration, current)
-            t1 = time.perf_counter()
-            prompt = build_prompt(tavern, contexts, context_chars=self.params.context_chars)
-            t2 = time.perf_counter()
-            requests.append(
-                GenerationRequest(
-                    tavern=tavern,
-                    iteration=iteration,
-                    contexts=contexts,
-                    parent_id=parent,
-                    prompt=prompt,
-                    seed=generation_seed(self.params.seed, iteration, tavern["tavern_id"]),
-                    timings={"retrieve_s": t1 - t0},
-                    t0=t0,
-                    elapsed_s=t2 - t0,
-                )
-            )
-            requests[-1].timings["prompt_s"] = t2 - t1
-        return requests
-
     def _generate_iteration(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         """One generation per request, in the requests' order (each with its own seed)."""
         out = []
@@ -274,7 +188,7 @@ class FeedbackLoop:
 
     def run_iteration(self, iteration: int, todo: Sequence[Mapping[str, str]], bar: Any) -> None:
         """Requests, generations, then write-back in order (see the module docstring)."""
-        requests = self.build_requests(iteration, todo)
+        requests = self.retriever.build_requests(iteration, todo)
         generations = self._generate_iteration(requests)
         for request, gen in zip(requests, generations, strict=True):
             bar.set_postfix_str(
