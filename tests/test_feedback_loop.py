@@ -344,7 +344,7 @@ def test_a_run_folder_is_locked_against_a_second_process(tmp_path: Path) -> None
 LIBRARY_MODULES = (
     "helpers/loop/params.py", "helpers/loop/store.py", "helpers/loop/prompt.py",
     "helpers/loop/engine.py", "helpers/loop/results.py", "helpers/loop/api.py",
-    "helpers/loop/versions.py", "helpers/evaluation.py", "helpers/judge.py", "helpers/ratings.py",
+    "helpers/loop/versions.py", "helpers/loop/requests.py", "helpers/evaluation.py", "helpers/judge.py", "helpers/ratings.py",
     "helpers/measures.py", "helpers/run_analysis.py", "helpers/descriptions.py",
     "helpers/generation_cache.py", "helpers/common.py", "helpers/feedback_loop.py",
     "helpers/console.py", "helpers/loop/__init__.py",

@@ -39,8 +39,8 @@ from helpers.common import fit_utf8
 from helpers.evaluation import Evaluator, gate_score
 from helpers.generators import Generation, Generator
 from helpers.ledger import RunLedger, decode_vector, encode_vector
-from helpers.loop.params import HUMAN_ITERATION, LoopError, RunManifest, generation_seed, row_id
-from helpers.loop.prompt import build_prompt, intro_query
+from helpers.loop.params import HUMAN_ITERATION, LoopError, RunManifest, row_id
+from helpers.loop.requests import GenerationRequest, Retriever
 from helpers.loop.store import (
     Milvus,
     client_of,
@@ -50,8 +50,6 @@ from helpers.loop.store import (
     open_loop_collection,
     present_ids,
     row_from_record,
-    search_contexts,
-    view_filter,
 )
 from helpers.loop.versions import current_versions
 from helpers.run_analysis import iteration_metrics, summary_line
@@ -61,21 +59,6 @@ log = logging.getLogger(__name__)
 
 Record = dict[str, Any]
 TimingHook = Callable[[dict[str, Any]], object]
-
-
-@dataclass
-class GenerationRequest:
-    """One generation to make: the tavern, its contexts and prompt, and what it took so far."""
-
-    tavern: Mapping[str, str]
-    iteration: int
-    contexts: list[dict[str, Any]]
-    parent_id: int
-    prompt: str
-    seed: int
-    timings: dict[str, float] = field(default_factory=dict)  # ledgered
-    t0: float = 0.0  # perf_counter at the start of its retrieval
-    elapsed_s: float = 0.0  # its own wall time so far (for the timing hook)
 
 
 @dataclass
@@ -132,7 +115,7 @@ class FeedbackLoop:
         self.by_id = {t["tavern_id"]: t for t in self.taverns}
         self.state = LoopState()
         self.reference_vectors: dict[str, np.ndarray] = {}
-        self._facts_queries: dict[str, np.ndarray] = {}
+        self.retriever = Retriever(manifest.params, milvus, manifest.collection, self.state)
 
     @property
     def client(self) -> Any:
@@ -151,7 +134,18 @@ class FeedbackLoop:
         for tav in self.taverns:
             self.reference_vectors[tav["tavern_id"]] = embed_one(tav["description"])
         marks.append(time.perf_counter())
-        human_rows = [self._human_row(self.by_id[t]) for t in self.manifest.human_taverns]
+        human_rows = [
+            human_row(
+                self.run_id, self.by_id[t], self.reference_vectors[t],
+                self.evaluator.offline_scores(
+                    self.by_id[t]["description"], self.by_id[t],
+                    text_vector=self.reference_vectors[t],
+                    reference_vector=self.reference_vectors[t],
+                ),
+                self.manifest.created_at,
+            )
+            for t in self.manifest.human_taverns
+        ]  # fmt: skip
         if human_rows:
             client.upsert(self.collection, prepare_rows(human_rows))
         for row in human_rows:
@@ -161,7 +155,9 @@ class FeedbackLoop:
         # answer no query on a collection that is not loaded.
         build_hnsw_index(client, self.collection)
         marks.append(time.perf_counter())
-        restored = self._restore(records)
+        restored = restore_state(
+            self.state, records, client, self.collection, self.ledger.ledger_path
+        )
         marks.append(time.perf_counter())
         if self.on_timing is not None:
             names = ("collection_s", "embed_references_s", "human_rows_s", "flush_index_s")
@@ -170,121 +166,7 @@ class FeedbackLoop:
             self.on_timing({"phase": "prepare", **seconds, "t0": marks[0], "t1": marks[-1]})
         return {"created": int(created), "records": len(records), "restored": restored}
 
-    def _human_row(self, tavern: Mapping[str, str]) -> dict[str, Any]:
-        vector = self.reference_vectors[tavern["tavern_id"]]
-        scores = self.evaluator.offline_scores(
-            tavern["description"], tavern, text_vector=vector, reference_vector=vector
-        )
-        return {
-            "id": row_id(self.run_id, HUMAN_ITERATION, tavern["tavern_id"]),
-            "name": tavern["name"],
-            "description": tavern["description"],
-            "location": tavern["location"],
-            "famous_visitor": tavern["famous_visitor"],
-            "vector_embedding": vector.tolist(),
-            "tavern_id": tavern["tavern_id"],
-            "run_id": self.run_id,
-            "iteration": HUMAN_ITERATION,
-            "source": "human",
-            "generator": "human",
-            "model": "",
-            "context_ids": [],
-            "parent_id": 0,
-            "scores": {k: json_number(v) for k, v in scores.items()},
-            "created_at": self.manifest.created_at,
-        }
-
-    def _restore(self, records: list[Record]) -> int:
-        """Rebuild the state from the ledger and re-insert ledgered rows missing from the store
-        (a crash between ledger and insert). Returns how many were re-inserted."""
-        stored_ids = []
-        for rec in records:
-            key = (rec["iteration"], rec["tavern_id"])
-            if key in self.state.records:
-                raise LoopError(
-                    f"{self.ledger.ledger_path} has two records for iteration {key[0]} of "
-                    f"{key[1]}; the ledger was edited. Restore it or start a new run."
-                )
-            self.state.records[key] = rec
-            if rec["stored"]:
-                self.state.vectors[rec["row_id"]] = decode_vector(rec["vector_b64"])
-                stored_ids.append(rec["row_id"])
-        present = present_ids(self.client, self.collection, stored_ids)
-        missing = [r for r in records if r["stored"] and r["row_id"] not in present]
-        if missing:
-            self.client.upsert(self.collection, prepare_rows([row_from_record(r) for r in missing]))
-        return len(missing)
-
     # -- one iteration ---------------------------------------------------------------------------
-
-    def retrieve(
-        self,
-        tavern: Mapping[str, str],
-        iteration: int,
-        current: Mapping[str, Mapping[str, Any]],
-    ) -> tuple[list[dict[str, Any]], int]:
-        """The ``k`` contexts for ``tavern`` in ``iteration`` and the parent id (the version whose
-        vector was the query; 0 for the facts query). ``current``: every tavern's version
-        before the iteration (:meth:`LoopState.current`). Only rows of earlier iterations are
-        visible (see :mod:`helpers.loop`); ``query_mode`` and ``exclude_own`` as in
-        :class:`~helpers.loop.params.LoopParams`."""
-        tid = tavern["tavern_id"]
-        version = current.get(tid)
-        from_self = (
-            version is not None
-            and self.params.query_mode == "self"
-            and self.params.policy != "no-feedback"
-        )
-        parent = int(version["row_id"]) if from_self and version is not None else 0
-        query = self.state.vectors[parent] if from_self else self._facts_query(tavern)
-        expr = view_filter(
-            self.params.policy,
-            self.params.sources,
-            self.run_id,
-            iteration - 1,
-            exclude_tavern=tid if self.params.exclude_own else None,
-        )
-        if expr is None:
-            return [], parent
-        contexts = search_contexts(
-            self.client, self.collection, query, expr, self.params.k, self.state.vectors
-        )
-        return contexts, parent
-
-    def _facts_query(self, tavern: Mapping[str, str]) -> np.ndarray:
-        """The embedding of the tavern's name, location and visitor (made once per run)."""
-        tid = tavern["tavern_id"]
-        if tid not in self._facts_queries:
-            self._facts_queries[tid] = embed_one(intro_query(tavern), query=True)
-        return self._facts_queries[tid]
-
-    def build_requests(
-        self, iteration: int, todo: Sequence[Mapping[str, str]]
-    ) -> list[GenerationRequest]:
-        """Retrieve and build the prompt of every tavern in ``todo`` (nothing is written)."""
-        current = self.state.current(iteration)
-        requests = []
-        for tavern in todo:
-            t0 = time.perf_counter()
-            contexts, parent = self.retrieve(tavern, iteration, current)
-            t1 = time.perf_counter()
-            prompt = build_prompt(tavern, contexts, context_chars=self.params.context_chars)
-            t2 = time.perf_counter()
-            requests.append(
-                GenerationRequest(
-                    tavern=tavern,
-                    iteration=iteration,
-                    contexts=contexts,
-                    parent_id=parent,
-                    prompt=prompt,
-                    seed=generation_seed(self.params.seed, iteration, tavern["tavern_id"]),
-                    timings={"retrieve_s": t1 - t0},
-                    t0=t0,
-                    elapsed_s=t2 - t0,
-                )
-            )
-            requests[-1].timings["prompt_s"] = t2 - t1
-        return requests
 
     def _generate_iteration(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         """One generation per request, in the requests' order (each with its own seed)."""
@@ -306,7 +188,7 @@ class FeedbackLoop:
 
     def run_iteration(self, iteration: int, todo: Sequence[Mapping[str, str]], bar: Any) -> None:
         """Requests, generations, then write-back in order (see the module docstring)."""
-        requests = self.build_requests(iteration, todo)
+        requests = self.retriever.build_requests(iteration, todo)
         generations = self._generate_iteration(requests)
         for request, gen in zip(requests, generations, strict=True):
             bar.set_postfix_str(
@@ -325,8 +207,12 @@ class FeedbackLoop:
         vector = embed_one(text) if text else None
         timings["embed_s"] = time.perf_counter() - t0
         scores = self._score(request, text, vector)
-        stored, reason = self._decide(tavern["tavern_id"], iteration, text, scores)
-        record = self._record(request, gen, text, vector, scores, stored, reason)
+        current = self.state.current(iteration).get(tavern["tavern_id"])
+        stored, reason = decide(self.params.policy, current, text, scores)
+        record = ledger_record(
+            self.run_id, request, gen, text, vector, scores, stored, reason,
+            temperature=self.params.temperature, max_tokens=self.manifest.max_tokens_resolved,
+        )  # fmt: skip
         write_timings = self._write(record, vector)
         if self.on_timing is not None:
             own = request.elapsed_s + time.perf_counter() - t_start
@@ -338,55 +224,6 @@ class FeedbackLoop:
                 }
             )  # fmt: skip
         return record
-
-    def _record(
-        self,
-        request: GenerationRequest,
-        gen: Generation,
-        text: str,
-        vector: np.ndarray | None,
-        scores: dict[str, Any],
-        stored: bool,
-        reason: str,
-    ) -> Record:
-        tavern, contexts = request.tavern, request.contexts
-        tid = tavern["tavern_id"]
-        return {
-            "run_id": self.run_id,
-            "iteration": request.iteration,
-            "tavern_id": tid,
-            "name": tavern["name"],
-            "location": tavern["location"],
-            "famous_visitor": tavern["famous_visitor"],
-            "row_id": row_id(self.run_id, request.iteration, tid),
-            "parent_id": request.parent_id,
-            "context_ids": [c["id"] for c in contexts],
-            "context": [
-                {k: c[k] for k in ("id", "tavern_id", "name", "source", "iteration")}
-                | {
-                    "age": request.iteration - c["iteration"],
-                    "similarity": round(c["similarity"], 6),
-                }
-                for c in contexts
-            ],
-            "prompt": request.prompt,
-            "prompt_sha256": sha256(request.prompt.encode("utf-8")).hexdigest(),
-            "seed": request.seed,
-            "temperature": self.params.temperature,
-            "max_tokens": self.manifest.max_tokens_resolved,
-            "generator": gen.generator,
-            "model": gen.model,
-            "text": text,
-            "input_tokens": gen.input_tokens,
-            "output_tokens": gen.output_tokens,
-            "stop_reason": gen.stop_reason,
-            "scores": scores,
-            "stored": stored,
-            "reason": reason,
-            "vector_b64": encode_vector(vector) if vector is not None else "",
-            "timings": {k: round(v, 4) for k, v in request.timings.items()},
-            "created_at": now(),
-        }
 
     def _score(
         self, request: GenerationRequest, text: str, vector: np.ndarray | None
@@ -424,40 +261,6 @@ class FeedbackLoop:
         if self.on_record is not None:
             self.on_record(record)
         return {"ledger_s": t1 - t0, "insert_s": t2 - t1}
-
-    def _decide(
-        self, tavern_id: str, iteration: int, text: str, scores: Mapping[str, Any]
-    ) -> tuple[bool, str]:
-        """Whether to write the new version back, and why (kept in the ledger). ``gated``
-        compares gate scores (see the module docstring), never the human reference."""
-        if not text:
-            return False, "empty text"
-        if self.params.policy != "gated":
-            return True, self.params.policy
-        current = self.state.current(iteration).get(tavern_id)
-        if current is None:
-            return True, "gated: first version"
-        new, old = self._gate(scores), self._gate(current["scores"])
-        if new >= old:
-            return True, f"gated: {new:.4f} >= current {old:.4f}"
-        return (
-            False,
-            f"gated: {new:.4f} < current {old:.4f} (iteration {int(current['iteration'])})",
-        )
-
-    @staticmethod
-    def _gate(scores: Mapping[str, Any]) -> float:
-        """A version's gate score: the evaluator's ``gate_score``, else computed from the
-        oracle-free inputs in its scores (a ledger written before the gate had its own score)."""
-        if scores.get("gate_score") is not None:
-            return float(scores["gate_score"])
-        try:
-            return gate_score(scores)
-        except KeyError as exc:
-            raise LoopError(
-                f"The evaluator's scores lack {exc}: gated needs a gate_score (or coverage, "
-                "length_score, distinct_2 and copy_share). Subclass helpers.evaluation.Evaluator."
-            ) from None
 
     # -- the run ---------------------------------------------------------------------------------
 
@@ -502,3 +305,144 @@ class FeedbackLoop:
         )
         self.ledger.write_metrics(rows)
         return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# The steps of one generation, as functions of their inputs
+
+
+def human_row(
+    run_id: str, tavern: Mapping[str, str], vector: np.ndarray, scores: Mapping[str, Any],
+    created_at: str,
+) -> dict[str, Any]:  # fmt: skip
+    """The stored row of a tavern's human reference (iteration -1) with its offline scores."""
+    return {
+        "id": row_id(run_id, HUMAN_ITERATION, tavern["tavern_id"]),
+        "name": tavern["name"],
+        "description": tavern["description"],
+        "location": tavern["location"],
+        "famous_visitor": tavern["famous_visitor"],
+        "vector_embedding": vector.tolist(),
+        "tavern_id": tavern["tavern_id"],
+        "run_id": run_id,
+        "iteration": HUMAN_ITERATION,
+        "source": "human",
+        "generator": "human",
+        "model": "",
+        "context_ids": [],
+        "parent_id": 0,
+        "scores": {k: json_number(v) for k, v in scores.items()},
+        "created_at": created_at,
+    }
+
+
+def restore_state(
+    state: LoopState, records: list[Record], client: Any, collection: str, where: Any
+) -> int:
+    """Rebuild the state from the ledger and re-insert ledgered rows missing from the store
+    (a crash between ledger and insert). Returns how many were re-inserted."""
+    stored_ids = []
+    for rec in records:
+        key = (rec["iteration"], rec["tavern_id"])
+        if key in state.records:
+            raise LoopError(
+                f"{where} has two records for iteration {key[0]} of "
+                f"{key[1]}; the ledger was edited. Restore it or start a new run."
+            )
+        state.records[key] = rec
+        if rec["stored"]:
+            state.vectors[rec["row_id"]] = decode_vector(rec["vector_b64"])
+            stored_ids.append(rec["row_id"])
+    present = present_ids(client, collection, stored_ids)
+    missing = [r for r in records if r["stored"] and r["row_id"] not in present]
+    if missing:
+        client.upsert(collection, prepare_rows([row_from_record(r) for r in missing]))
+    return len(missing)
+
+
+def ledger_record(
+    run_id: str,
+    request: GenerationRequest,
+    gen: Generation,
+    text: str,
+    vector: np.ndarray | None,
+    scores: dict[str, Any],
+    stored: bool,
+    reason: str,
+    *,
+    temperature: float,
+    max_tokens: int,
+) -> Record:
+    """The ledger record of one generation (the stored row is made from it: ``row_from_record``)."""
+    tavern, contexts = request.tavern, request.contexts
+    tid = tavern["tavern_id"]
+    return {
+        "run_id": run_id,
+        "iteration": request.iteration,
+        "tavern_id": tid,
+        "name": tavern["name"],
+        "location": tavern["location"],
+        "famous_visitor": tavern["famous_visitor"],
+        "row_id": row_id(run_id, request.iteration, tid),
+        "parent_id": request.parent_id,
+        "context_ids": [c["id"] for c in contexts],
+        "context": [
+            {k: c[k] for k in ("id", "tavern_id", "name", "source", "iteration")}
+            | {
+                "age": request.iteration - c["iteration"],
+                "similarity": round(c["similarity"], 6),
+            }
+            for c in contexts
+        ],
+        "prompt": request.prompt,
+        "prompt_sha256": sha256(request.prompt.encode("utf-8")).hexdigest(),
+        "seed": request.seed,
+        "temperature": temperature,
+        "max_tokens": max_tokens,
+        "generator": gen.generator,
+        "model": gen.model,
+        "text": text,
+        "input_tokens": gen.input_tokens,
+        "output_tokens": gen.output_tokens,
+        "stop_reason": gen.stop_reason,
+        "scores": scores,
+        "stored": stored,
+        "reason": reason,
+        "vector_b64": encode_vector(vector) if vector is not None else "",
+        "timings": {k: round(v, 4) for k, v in request.timings.items()},
+        "created_at": now(),
+    }
+
+
+def decide(
+    policy: str, current: Mapping[str, Any] | None, text: str, scores: Mapping[str, Any]
+) -> tuple[bool, str]:
+    """Whether to write the new version back, and why (kept in the ledger). ``current``:
+    the tavern's current version (None: it has none). ``gated`` compares gate scores (see the module docstring), never the human reference."""
+    if not text:
+        return False, "empty text"
+    if policy != "gated":
+        return True, policy
+    if current is None:
+        return True, "gated: first version"
+    new, old = gate_of(scores), gate_of(current["scores"])
+    if new >= old:
+        return True, f"gated: {new:.4f} >= current {old:.4f}"
+    return (
+        False,
+        f"gated: {new:.4f} < current {old:.4f} (iteration {int(current['iteration'])})",
+    )
+
+
+def gate_of(scores: Mapping[str, Any]) -> float:
+    """A version's gate score: the evaluator's ``gate_score``, else computed from the
+    oracle-free inputs in its scores (a ledger written before the gate had its own score)."""
+    if scores.get("gate_score") is not None:
+        return float(scores["gate_score"])
+    try:
+        return gate_score(scores)
+    except KeyError as exc:
+        raise LoopError(
+            f"The evaluator's scores lack {exc}: gated needs a gate_score (or coverage, "
+            "length_score, distinct_2 and copy_share). Subclass helpers.evaluation.Evaluator."
+        ) from None
