@@ -119,11 +119,10 @@ def iteration_metrics(
             else float("nan")
         )
         row["dispersion"] = round(dispersion(vectors), 6) if len(vectors) > 1 else float("nan")
-        row["context_age"] = (
-            round(sum(iteration - int(c["iteration"]) for c in contexts) / len(contexts), 6)
-            if contexts
-            else float("nan")
-        )
+        # a context row's age: iterations since it was written (ledgers before the age was
+        # recorded have no "iteration" in their context rows: no age for them)
+        ages = [iteration - int(c["iteration"]) for c in contexts if "iteration" in c]
+        row["context_age"] = round(sum(ages) / len(ages), 6) if ages else float("nan")
         row["current_score"] = _mean(float(r["scores"]["score"]) for r in current.values())
         row["current_gate_score"] = _mean(r["scores"].get("gate_score") for r in current.values())
         row["searchable_rows"] = sum(searchable_counts(records, policy, n_human, iteration))

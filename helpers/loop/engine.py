@@ -37,10 +37,10 @@ from tqdm.auto import tqdm
 
 from helpers.common import fit_utf8
 from helpers.evaluation import Evaluator, gate_score
-from helpers.generators import Generation, Generator
+from helpers.generators import GenerateManyError, Generation, GenerationRequest, Generator
 from helpers.ledger import RunLedger, decode_vector, encode_vector
 from helpers.loop.params import HUMAN_ITERATION, LoopError, RunManifest, row_id
-from helpers.loop.requests import GenerationRequest, Retriever
+from helpers.loop.requests import Retriever, TavernRequest
 from helpers.loop.store import (
     Milvus,
     client_of,
@@ -168,36 +168,50 @@ class FeedbackLoop:
 
     # -- one iteration ---------------------------------------------------------------------------
 
-    def _generate_iteration(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
-        """One generation per request, in the requests' order (each with its own seed)."""
-        out = []
-        for request in requests:
-            t0 = time.perf_counter()
-            out.append(
-                self.generator.generate(
-                    request.prompt,
-                    max_tokens=self.manifest.max_tokens_resolved,
-                    temperature=self.params.temperature,
-                    seed=request.seed,
-                )
+    def _generate_iteration(self, requests: Sequence[TavernRequest]) -> list[Generation]:
+        """One generation per request, in the requests' order (each with its own seed), through
+        the generator's ``generate_many``: Claude sends them concurrently, the local model one
+        after another. Each request is charged the batch's mean time."""
+        batch = [
+            GenerationRequest(
+                prompt=request.prompt,
+                max_tokens=self.manifest.max_tokens_resolved,
+                temperature=self.params.temperature,
+                seed=request.seed,
             )
-            seconds = time.perf_counter() - t0
-            request.timings["generate_s"] = seconds
-            request.elapsed_s += seconds
+            for request in requests
+        ]
+        t0 = time.perf_counter()
+        try:
+            out = self.generator.generate_many(batch)
+        finally:
+            seconds = (time.perf_counter() - t0) / max(len(requests), 1)
+            for request in requests:
+                request.timings["generate_s"] = seconds
+                request.elapsed_s += seconds
         return out
 
     def run_iteration(self, iteration: int, todo: Sequence[Mapping[str, str]], bar: Any) -> None:
         """Requests, generations, then write-back in order (see the module docstring)."""
         requests = self.retriever.build_requests(iteration, todo)
-        generations = self._generate_iteration(requests)
+        try:
+            generations: Sequence[Generation | None] = self._generate_iteration(requests)
+            failure = None
+        except GenerateManyError as exc:  # keep (ledger, insert) what did arrive, in order
+            generations, failure = exc.generations, exc
         for request, gen in zip(requests, generations, strict=True):
+            if gen is None:
+                continue  # failed: generated again on resume (the taverns of an iteration are
+                # independent, so the ledger may hold them in any order)
             bar.set_postfix_str(
                 f"iteration {iteration}, {request.tavern['tavern_id']}", refresh=False
             )
             self._finish(request, gen)
             bar.update(1)
+        if failure is not None:
+            raise failure.errors[min(failure.errors)] from failure
 
-    def _finish(self, request: GenerationRequest, gen: Generation) -> Record:
+    def _finish(self, request: TavernRequest, gen: Generation) -> Record:
         """Embed, score, decide, ledger and insert one generation."""
         t_start = time.perf_counter()
         tavern, iteration, timings = request.tavern, request.iteration, request.timings
@@ -226,7 +240,7 @@ class FeedbackLoop:
         return record
 
     def _score(
-        self, request: GenerationRequest, text: str, vector: np.ndarray | None
+        self, request: TavernRequest, text: str, vector: np.ndarray | None
     ) -> dict[str, Any]:
         """The evaluator's scores, reusing the embedding made for the insert."""
         t0 = time.perf_counter()
@@ -362,7 +376,7 @@ def restore_state(
 
 def ledger_record(
     run_id: str,
-    request: GenerationRequest,
+    request: TavernRequest,
     gen: Generation,
     text: str,
     vector: np.ndarray | None,

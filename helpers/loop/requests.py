@@ -1,5 +1,5 @@
 """Before anything is generated in an iteration: each tavern's retrieval (query, policy view,
-exact re-rank) and prompt, as one :class:`GenerationRequest` per tavern. Nothing is written
+exact re-rank) and prompt, as one :class:`TavernRequest` per tavern. Nothing is written
 here, so building every request of an iteration first gives the same contexts as interleaving
 (retrieval in iteration ``i`` sees only rows of iterations ``< i``).
 """
@@ -19,7 +19,7 @@ from helpers.loop.store import Milvus, client_of, embed_one, search_contexts, vi
 
 
 @dataclass
-class GenerationRequest:
+class TavernRequest:
     """One generation to make: the tavern, its contexts and prompt, and what it took so far."""
 
     tavern: Mapping[str, str]
@@ -95,10 +95,10 @@ class Retriever:
 
     def build_requests(
         self, iteration: int, todo: Sequence[Mapping[str, str]]
-    ) -> list[GenerationRequest]:
+    ) -> list[TavernRequest]:
         """Retrieve and build the prompt of every tavern in ``todo`` (nothing is written)."""
         current = self.state.current(iteration)
-        requests: list[GenerationRequest] = []
+        requests: list[TavernRequest] = []
         for tavern in todo:
             t0 = time.perf_counter()
             contexts, parent = self.retrieve(tavern, iteration, current)
@@ -106,7 +106,7 @@ class Retriever:
             prompt = build_prompt(tavern, contexts, context_chars=self.params.context_chars)
             t2 = time.perf_counter()
             requests.append(
-                GenerationRequest(
+                TavernRequest(
                     tavern=tavern,
                     iteration=iteration,
                     contexts=contexts,
