@@ -285,14 +285,12 @@ class ClaudeGenerator:
 
     @classmethod
     def from_settings(cls, settings: Settings, **options: Any) -> ClaudeGenerator:
+        # an explicit option wins over the setting (a resumed run keeps its own model)
         options.setdefault("default_seed", settings.seed)
         options.setdefault("concurrency", settings.claude_concurrency)
-        return cls(
-            api_key=settings.anthropic_api_key,
-            model=settings.claude_model,
-            base_url=settings.anthropic_base_url,
-            **options,
-        )
+        options.setdefault("model", settings.claude_model)
+        options.setdefault("base_url", settings.anthropic_base_url)
+        return cls(api_key=settings.anthropic_api_key, **options)
 
     def __repr__(self) -> str:
         return (
