@@ -50,7 +50,7 @@ ensure_venv() {
   pip_quiet install --no-deps -r requirements-nodeps.txt
   pip_quiet install --no-deps --no-build-isolation -e .
   # Register the venv's kernel under its own name so papermill and JupyterLab never pick
-  # another Python (papermill NoSuchKernel, FACTS).
+  # another Python (papermill NoSuchKernel, docs/measured-facts.md).
   "$VENV/bin/python" -m ipykernel install --sys-prefix --name "$KERNEL_NAME" \
       --display-name "Python 3.11 (gfl kit)" >/dev/null
   echo "$want" > "$STAMP"

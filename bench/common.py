@@ -410,7 +410,7 @@ def child_env(**overrides: str) -> dict[str, str]:
 
 def cpp_slot_busy() -> bool:
     """True while a C++ Milvus server runs on this machine or the kit's lock for one is held.
-    Only one can run per machine (a second one dies in a Go panic; FACTS)."""
+    Only one can run per machine (a second one dies in a Go panic; docs/measured-facts.md)."""
     from helpers.milvus_server import cpp_slot_busy as busy
 
     return busy()

@@ -20,7 +20,7 @@ DEFAULT_TOLERANCE = 1e-3
 
 
 def trend_word(values: Sequence[float], tolerance: float = DEFAULT_TOLERANCE) -> str:
-    """"rose", "fell" or "did not change" from the first to the last finite value."""
+    """Say "rose", "fell" or "did not change" from the first to the last finite value."""
     finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     if len(finite) < 2:
         return "cannot be told (fewer than two values)"
@@ -31,7 +31,7 @@ def trend_word(values: Sequence[float], tolerance: float = DEFAULT_TOLERANCE) ->
 
 
 def compare_word(value: float, baseline: float, tolerance: float = DEFAULT_TOLERANCE) -> str:
-    """"above", "below" or "level with" ``baseline``."""
+    """Say "above", "below" or "level with" ``baseline``."""
     if abs(value - baseline) <= tolerance:
         return "level with"
     return "above" if value > baseline else "below"
@@ -53,7 +53,7 @@ class Claims:
     def trend(
         self, what: str, values: Sequence[float], *, digits: int = 3, tolerance: float = 1e-3
     ) -> str:
-        """"<what> rose from a to b" (or fell, or did not change), with every value listed."""
+        """Say "<what> rose from a to b" (or fell, or did not change), with every value listed."""
         nums = [round(float(v), digits) for v in values]
         word = trend_word(nums, tolerance)
         shown = ", ".join(f"{v:.{digits}f}" for v in nums)
@@ -67,7 +67,7 @@ class Claims:
         self, what: str, value: float, baseline_name: str, baseline: float, *, digits: int = 3,
         tolerance: float = 1e-3,
     ) -> str:  # fmt: skip
-        """"<what> (a) is above <baseline_name> (b)" (or below, or level with)."""
+        """Say "<what> (a) is above <baseline_name> (b)" (or below, or level with)."""
         a, b = round(float(value), digits), round(float(baseline), digits)
         word = compare_word(a, b, tolerance)
         text = f"{what} ({a:.{digits}f}) is {word} {baseline_name} ({b:.{digits}f})"
@@ -77,7 +77,7 @@ class Claims:
         )  # fmt: skip
 
     def count(self, what: str, part: int, whole: int) -> str:
-        """"<part> of <whole> <what>"."""
+        """Say "<part> of <whole> <what>"."""
         text = f"{part} of {whole} {what}"
         return self._keep(
             {"kind": "count", "what": what, "part": int(part), "whole": int(whole), "text": text}
@@ -95,3 +95,11 @@ class Claims:
         return self._keep(
             {"kind": "noise", "what": what, "across": a, "within": w, "word": word, "text": text}
         )
+
+
+def relative_paths(text: object) -> str:
+    """``text`` with the project root removed from any path in it: outputs that are committed
+    must not show a machine's folders (``/home/someone/kit/runs/x`` -> ``runs/x``)."""
+    from helpers.settings import REPO_ROOT
+
+    return str(text).replace(f"{REPO_ROOT}/", "").replace(str(REPO_ROOT), ".")

@@ -83,7 +83,7 @@ def test_committed_outputs_show_no_machine_path(path: Path) -> None:
     nb = json.loads(path.read_text())
     for number, cell in enumerate(nb["cells"]):
         for out in cell.get("outputs", []):
-            texts = [out.get("text", "")] + list(out.get("data", {}).values())
+            texts = [out.get("text", ""), *out.get("data", {}).values()]
             for chunk in texts:
                 chunk = "".join(chunk) if isinstance(chunk, list) else str(chunk)
                 if chunk.startswith("iVBOR"):  # a PNG
