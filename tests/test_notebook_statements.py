@@ -34,7 +34,7 @@ MACHINE_PATH = re.compile(r"(?<![\w.:/~-])/(?:home|work|tmp|root|Users|var|opt|m
 
 def check_claim(claim: dict) -> None:
     """The word of one recorded statement follows from its numbers."""
-    kind, word, text = claim["kind"], claim["word"], claim["text"]
+    kind, word, text = claim["kind"], claim.get("word", ""), claim["text"]
     assert word in text, f"the printed sentence lost its word: {claim}"
     if kind == "trend":
         values = [v for v in claim["values"] if v is not None and math.isfinite(v)]
