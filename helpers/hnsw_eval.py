@@ -4,7 +4,7 @@ Used by notebook 03. The ground truth is exact inner-product search in numpy
 (:func:`exact_topk`); the index is Milvus HNSW built and searched through ``MilvusClient``
 (:func:`measure_hnsw`), for several ``ef`` (search-time beam width) at one ``M`` (graph degree).
 
-Two milvus-lite 3.x traps decide the order of the calls (FACTS.md, "silent traps"):
+Two milvus-lite 3.x traps decide the order of the calls (docs/measured-facts.md):
 
 * index parameters must be nested, ``params={"params": {"M": M, "efConstruction": efc}}``;
   the flat form ``params={"M": M, ...}`` is silently ignored by milvus-lite, which then builds
@@ -179,7 +179,7 @@ def build_hnsw_collection(
     schema.add_field(ID_FIELD, DataType.INT64, is_primary=True)
     schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=dim)
     # No index_params here: that would load the collection at once, and rows inserted later
-    # would be searched brute force (FACTS, milvus-lite silent traps).
+    # would be searched brute force (docs/measured-facts.md).
     client.create_collection(collection_name, schema=schema)
 
     timings: dict[str, Any] = {}

@@ -7,7 +7,7 @@ change, and why (see docs/article-errata.md):
   upserts the same rows instead of piling up duplicates;
 * the collection is created *without* index params, then rows are inserted, flushed, indexed and
   loaded in that order: milvus-lite loads a collection created with index params at once and then
-  answers every search by brute force (FACTS);
+  answers every search by brute force (docs/measured-facts.md);
 * HNSW params are passed in the nested form ``{"params": {"M": .., "efConstruction": ..}}``:
   milvus-lite silently ignores the flat form and builds M=16;
 * VARCHAR limits are checked here, in UTF-8 bytes: the C++ server counts bytes, milvus-lite counts

@@ -35,7 +35,7 @@ def requirements() -> dict[str, str]:
 def test_every_requirement_is_pinned_and_torch_is_the_cpu_pin() -> None:
     pins = requirements()
     assert len(pins) > 100  # the full lock, transitive dependencies included
-    assert pins["torch"] == "2.13.0", "an unpinned torch pulls a multi-GB CUDA build (FACTS)"
+    assert pins["torch"] == "2.13.0", "an unpinned torch pulls a multi-GB CUDA build (errata #1)"
     direct = _pins((ROOT / "requirements.in").read_text().splitlines())
     for name, version in direct.items():
         assert pins.get(name) == version, (

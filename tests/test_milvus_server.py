@@ -1,6 +1,6 @@
 """Server lifecycle on every backend, with real servers and real second processes.
 
-What is checked is what bites notebook users (tests/../shared/FACTS.md, last table): a second
+What is checked is what bites notebook users (docs/measured-facts.md): a second
 server on a busy port or data folder, a server outliving a killed kernel, a client gone stale
 between two cells, and a remote that cannot be reached. Each C++ start costs about 10 s, so the
 C++ cases share starts where one start can show several things.
