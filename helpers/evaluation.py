@@ -32,7 +32,7 @@ tavern's facts and the context it was generated from; no network, a few millisec
 ``longest_copy`` (words, not in [0, 1]) and ``copy_share``
     The longest run of words the text shares with any one context description, and the share of
     the text's words that lie in a shared run of at least ``copy_min_span`` (default 6) words.
-    Why: with earlier descriptions in its prompt a small model copies whole sentences (FACTS);
+    Why: with earlier descriptions in its prompt a small model copies whole sentences (docs/measured-facts.md);
     copying is how errors and phrasing spread through the loop.
 ``auto_score``
     The weighted sum of the above (see :class:`ScoreWeights`): coverage 0.35, reference
