@@ -16,9 +16,12 @@ from tqdm.auto import tqdm
 
 from helpers.console import console_logger
 from helpers.generation_cache import CachedGenerator, cache_path
-from helpers.generators import Generator, article_prompt
+from helpers.generators import GenerationRequest, Generator, article_prompt
 
 log = console_logger(__name__)
+
+
+BATCH = 8  # requests per generate_many call (Claude's default concurrency)
 
 
 def cache_file(run_dir: Path, generator: Generator) -> Path:
@@ -44,36 +47,44 @@ def generate_descriptions(
     max_tokens = max_tokens if max_tokens is not None else generator.description_max_tokens
     cached_gen = CachedGenerator(generator, cache_file(run_dir, generator))
     rows = []
-    bar = tqdm(
-        taverns.itertuples(),
-        total=len(taverns),
-        desc="generating",
-        unit="tavern",
-        disable=not progress,
-    )
-    for tavern in bar:
-        prompt = article_prompt(tavern.name, tavern.location, tavern.famous_visitor)
-        request = {"max_tokens": max_tokens, "temperature": temperature, "seed": seed}
-        hits = cached_gen.hits
-        gen = cached_gen.generate(prompt, **request)
-        was_cached = cached_gen.hits > hits
-        rows.append(
-            {
-                "tavern_id": tavern.tavern_id,
-                "name": tavern.name,
-                "location": tavern.location,
-                "famous_visitor": tavern.famous_visitor,
-                "description": gen.text,
-                "words": len(gen.text.split()),
-                "seconds": round(gen.latency_s, 2),
-                "input_tokens": gen.input_tokens,
-                "output_tokens": gen.output_tokens,
-                "model": gen.model,
-                "generator": gen.generator,
-                "truncated": gen.truncated,
-                "cached": was_cached,
-            }
-        )
+    records = list(taverns.itertuples())
+    bar = tqdm(total=len(records), desc="generating", unit="tavern", disable=not progress)
+    # Batches through generate_many: Claude answers a batch concurrently, the local model one by
+    # one; the bar moves per batch, and each finished batch is on disk (the cache) at once.
+    for start in range(0, len(records), BATCH):
+        batch = records[start : start + BATCH]
+        requests = [
+            GenerationRequest(
+                prompt=article_prompt(t.name, t.location, t.famous_visitor),
+                max_tokens=max_tokens,
+                temperature=temperature,
+                seed=seed,
+            )
+            for t in batch
+        ]
+        cached = [cached_gen.is_cached(r) for r in requests]
+        for tavern, gen, was_cached in zip(
+            batch, cached_gen.generate_many(requests), cached, strict=True
+        ):
+            rows.append(
+                {
+                    "tavern_id": tavern.tavern_id,
+                    "name": tavern.name,
+                    "location": tavern.location,
+                    "famous_visitor": tavern.famous_visitor,
+                    "description": gen.text,
+                    "words": len(gen.text.split()),
+                    "seconds": round(gen.latency_s, 2),
+                    "input_tokens": gen.input_tokens,
+                    "output_tokens": gen.output_tokens,
+                    "model": gen.model,
+                    "generator": gen.generator,
+                    "truncated": gen.truncated,
+                    "cached": was_cached,
+                }
+            )
+        bar.update(len(batch))
+    bar.close()
     frame = pd.DataFrame(rows)
     if progress and len(frame):
         fresh = frame[~frame["cached"]]

@@ -113,6 +113,10 @@ class CachedGenerator:
         self._store(key, generation)
         return generation
 
+    def is_cached(self, request: GenerationRequest) -> bool:
+        """Whether ``request`` would be answered from the file."""
+        return self._request_key(request) in self._cache
+
     def _request_key(self, request: GenerationRequest) -> str:
         return self.key(
             request.prompt, system=request.system, max_tokens=request.max_tokens,

@@ -57,3 +57,24 @@ def test_a_failed_request_keeps_the_answers_that_arrived(
     assert kept[2] is None and all(kept[i] is not None for i in (0, 1, 3))
     reopened = CachedGenerator(claude(), path)
     assert len(reopened._cache) == 3  # tavern 0, 1 and 3 are on disk: nothing paid is lost
+
+
+def test_notebook_04s_descriptions_go_through_the_cache_in_batches(
+    fake_anthropic: fa.FakeAnthropic, claude, tmp_path: Path
+) -> None:
+    from helpers.data import load_taverns
+    from helpers.descriptions import BATCH, generate_descriptions
+
+    fake_anthropic.set_default(fa.echo()).set_latency(0.2, 0.4)
+    taverns = load_taverns().head(BATCH + 3)
+    gen = claude(concurrency=4)
+    first = generate_descriptions(gen, taverns, run_dir=tmp_path, seed=1, max_tokens=40,
+                                  progress=False)  # fmt: skip
+    assert list(first["tavern_id"]) == list(taverns["tavern_id"])  # the table keeps row order
+    for text, name in zip(first["description"], taverns["name"], strict=True):
+        assert name in text  # each text answers its own tavern's prompt (the fake echoes it)
+    assert not first["cached"].any() and 1 < fake_anthropic.peak_in_flight <= 4
+    again = generate_descriptions(gen, taverns, run_dir=tmp_path, seed=1, max_tokens=40,
+                                  progress=False)  # fmt: skip
+    assert again["cached"].all() and list(again["description"]) == list(first["description"])
+    assert len(fake_anthropic.message_requests) == len(taverns)
