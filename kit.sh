@@ -4,7 +4,8 @@
 #
 #   ./kit.sh run     run the main job: every notebook headless into runs/<run id>/
 #   ./kit.sh test    run the test suite (what CI runs)
-#   ./kit.sh lab     open JupyterLab on notebooks/
+#   ./kit.sh lab     open JupyterLab on notebooks/ (the clean twins are in notebooks/clean/)
+#   ./kit.sh clean   rewrite notebooks/clean/: each notebook without outputs (CI checks them)
 #   ./kit.sh bench   run the benchmarks (speed, memory, search) into runs/bench/<time>/;
 #                    ./kit.sh bench --help lists them, --quick is a smoke-size run
 #   ./kit.sh lock    re-resolve requirements.in into requirements.txt (maintainers only)
@@ -158,6 +159,9 @@ case "$cmd" in
       lab_args+=(--allow-root)
     fi
     exec "$VENV/bin/jupyter" lab --notebook-dir=notebooks "${lab_args[@]}" "$@" ;;
+  clean)
+    ensure_venv
+    exec "$VENV/bin/python" scripts/clean_notebooks.py "$@" ;;
   bench)
     ensure_venv
     exec "$VENV/bin/python" -m bench "$@" ;;
@@ -172,7 +176,7 @@ case "$cmd" in
   venv)
     ensure_venv ;;
   help|-h|--help)
-    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' ;;
+    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' ;;
   *)
-    echo "kit.sh: unknown command '$cmd'. Use one of: run, test, lab, bench, lock." >&2; exit 2 ;;
+    echo "kit.sh: unknown command '$cmd'. Use one of: run, test, lab, clean, bench, lock." >&2; exit 2 ;;
 esac
