@@ -199,14 +199,15 @@ class Settings:
             if isinstance(value, Secret):
                 out[f.name] = "(set)" if value else "(not set)"
             elif isinstance(value, Path):
-                out[f.name] = _show_path(value)
+                out[f.name] = show_path(value)
             else:
                 out[f.name] = value
         return out
 
 
-def _show_path(path: Path) -> str:
-    """Paths inside the repository are shown relative to it, so outputs read the same anywhere."""
+def show_path(path: Path) -> str:
+    """Paths inside the repository are shown relative to it, so outputs read the same anywhere
+    (and a committed notebook shows no machine's folder names)."""
     try:
         return str(path.relative_to(REPO_ROOT)) + "/"
     except ValueError:

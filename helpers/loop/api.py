@@ -35,7 +35,7 @@ from helpers.loop.prompt import check_prompt_fits
 from helpers.loop.results import LoopRun
 from helpers.loop.store import Milvus, backend_of, client_of, now
 from helpers.milvus_server import start_milvus
-from helpers.settings import Settings, get_settings
+from helpers.settings import Settings, get_settings, show_path
 
 log = logging.getLogger(__name__)
 
@@ -332,7 +332,7 @@ def _execute(
                 f"resuming run {params.run_id}: {counts['records']} generations in the ledger, "
                 f"{counts['restored']} re-stored from it"
             )
-        say(f"run folder: {ledger.folder}")
+        say(f"run folder: {show_path(Path(ledger.folder))}")
         loop.run()
         loop.write_metrics()
     finally:

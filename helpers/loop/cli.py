@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from helpers.data import DataError
@@ -29,7 +30,7 @@ from helpers.loop.params import (
     LoopParams,
 )
 from helpers.milvus_server import MilvusServerError
-from helpers.settings import BACKENDS, GENERATORS, settings_or_exit
+from helpers.settings import BACKENDS, GENERATORS, settings_or_exit, show_path
 
 
 def _number(kind: type, low: float, high: float | None, what: str) -> Callable[[str], Any]:
@@ -304,5 +305,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         raise
     print(run.summary())
-    print(f"run folder: {run.folder}")
+    print(f"run folder: {show_path(Path(run.folder))}")
     return 0
