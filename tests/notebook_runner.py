@@ -26,13 +26,22 @@ def cell_texts(nb: dict) -> list[str]:
     for cell in nb["cells"]:
         if cell["cell_type"] != "code":
             continue
-        parts = []
+        parts: list[str] = []
+        last_stream = None
         for out in cell.get("outputs", []):
             if "text" in out:
-                parts.append("".join(out["text"]))
+                text = "".join(out["text"])
+                # one print may reach the notebook as several stream messages: join them as
+                # Jupyter shows them, not line by line
+                if out.get("output_type") == "stream" and last_stream == out.get("name") and parts:
+                    parts[-1] += text
+                else:
+                    parts.append(text)
+                last_stream = out.get("name") if out.get("output_type") == "stream" else None
             data = out.get("data", {})
             if "text/plain" in data:
                 parts.append("".join(data["text/plain"]))
+                last_stream = None
         texts.append("\n".join(parts))
     return texts
 
