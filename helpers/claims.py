@@ -17,9 +17,16 @@ Construction artefacts the claims avoid (why they look the way they do):
   retriever gives 1) and the human text's **rank percentile** among its own tavern's stored texts
   (a neutral retriever gives 0.5) speak about the retriever. The store before the loop
   (iteration -1) holds no generated text: it is left out, not counted as a 0.
-* At human share 0, iteration 0 is the bare prompt over an empty store: the first iteration
-  with a context is 1, so slopes at share 0 start there (a one-off step otherwise looks like a
-  trend).
+* The arms are the papers' own, every one starting from the human texts (human share 1):
+  ``replace`` shows later iterations only the previous generation (the human rows leave the
+  searchable view after iteration 0: Shumailov's and Gerstgrasser's "replace"),
+  ``accumulate`` keeps every human and generated row (Gerstgrasser's "accumulate"),
+  ``replace-keep-human`` shows the human rows and the previous generation (Alemohammad's
+  "fresh real data" loop), and ``no-feedback`` generates every iteration from the human texts
+  only: the control every arm's drift and diversity are measured against
+  (:data:`CONTROL_CLAIMS`). At human share 0 iteration 0 would be the bare prompt over an empty
+  store, and a slope would pick up the one-off step when context first arrives: the claims do
+  not use share 0.
 
 Each claim states ``min_effect``, the smallest effect we would call meaningful, fixed before
 looking at the numbers: 0.005 per iteration for dispersion and drift slopes and their paired
@@ -82,17 +89,16 @@ CHEN = "Chen et al. 2024 (ACL), spiral of silence"
 CLAIMS: tuple[Claim, ...] = (
     Claim("Shumailov et al. 2024 (Nature)",
           "training only on the previous generation loses the tails: diversity shrinks",
-          "dispersion", "replace", 0.0, -1, 0.005, from_iteration=1),
+          "dispersion", "replace", 1.0, -1, 0.005),
     Claim("Shumailov et al. 2024 (Nature)",
           "rare content disappears first: the pooled vocabulary shrinks",
-          "corpus_distinct_2", "replace", 0.0, -1, 0.005, from_iteration=1),
+          "corpus_distinct_2", "replace", 1.0, -1, 0.005),
     Claim("Gerstgrasser et al. 2024",
           "replacing data drifts further from the real data than accumulating it",
-          "drift_reference_mean", "replace", 0.0, +1, 0.005, versus=("accumulate", 0.0),
-          from_iteration=1),
+          "drift_reference_mean", "replace", 1.0, +1, 0.005, versus=("accumulate", 1.0)),
     Claim("Gerstgrasser et al. 2024",
           "replacing data loses diversity faster than accumulating it",
-          "dispersion", "replace", 0.0, -1, 0.005, versus=("accumulate", 0.0), from_iteration=1),
+          "dispersion", "replace", 1.0, -1, 0.005, versus=("accumulate", 1.0)),
     Claim(CHEN, "the retriever puts generated texts in the top-k beyond their share of the store",
           "over_representation", "accumulate", 1.0, +1, 0.1, level=1.0),
     Claim(CHEN, "that preference grows as generated texts accumulate",
@@ -101,7 +107,24 @@ CLAIMS: tuple[Claim, ...] = (
           "human_percentile", "accumulate", 1.0, +1, 0.05, level=0.5),
     Claim("Alemohammad et al. 2024 (ICLR)",
           "keeping real data slows the loss of diversity",
-          "dispersion", "replace", 0.5, +1, 0.005, versus=("replace", 0.0), from_iteration=1),
+          "dispersion", "replace-keep-human", 1.0, +1, 0.005, versus=("replace", 1.0)),
+)  # fmt: skip
+
+CONTROL = ("no-feedback", 1.0)
+# Every feedback arm against the no-feedback control (a second family, Holm-corrected on its
+# own): does feeding outputs back drift further from the human texts, and lose diversity,
+# beyond what sampling from the same model without feedback does?
+CONTROL_CLAIMS: tuple[Claim, ...] = tuple(
+    claim
+    for policy in ("accumulate", "replace", "replace-keep-human")
+    for claim in (
+        Claim("against the no-feedback control",
+              f"{policy} drifts further from the human texts than no feedback",
+              "drift_reference_mean", policy, 1.0, +1, 0.005, versus=CONTROL),
+        Claim("against the no-feedback control",
+              f"{policy} loses diversity against no feedback",
+              "dispersion", policy, 1.0, -1, 0.005, versus=CONTROL),
+    )
 )  # fmt: skip
 
 
@@ -205,6 +228,8 @@ def retrieval_units(
         arm = _arm(run)
         for it in finished_iterations(records, len(run.params["tavern_ids"])):
             n_h, n_g = searchable_counts(records, arm["policy"], len(humans), it)
+            if n_h + n_g == 0:  # an empty store (share 0, before the loop) answers nothing
+                continue
             hit_lists = run.search_many(
                 queries["query"].tolist(), after_iteration=it, limit=n_h + n_g, milvus=milvus,
                 query_vectors=vectors, output_fields=("tavern_id", "source", "iteration"),
@@ -212,8 +237,9 @@ def retrieval_units(
             corpus_share = n_g / (n_h + n_g)
             for q, hits in zip(queries.itertuples(), hit_lists, strict=True):
                 share = generated_share([[h["source"] for h in hits]], k)
+                ratio = share / corpus_share if corpus_share > 0 else math.nan  # no generated row
                 over.append(arm | {"iteration": it, "cluster": q.query_id,
-                                   "over_representation": share / corpus_share})  # fmt: skip
+                                   "over_representation": ratio})  # fmt: skip
                 for tid in (t for t in q.relevant if t in humans):
                     own = [h["source"] for h in hits if h["tavern_id"] == tid]
                     if len(own) >= 2 and "human" in own:
@@ -266,7 +292,10 @@ def claim_units(claim: Claim, table: pd.DataFrame, units: Sequence[pd.DataFrame]
     source = _source(claim.metric, table, units)
     values = _arm_values(source, claim, claim.policy, claim.human_fraction)
     if claim.versus is not None and len(values):
-        values = values - _arm_values(source, claim, *claim.versus)
+        other = _arm_values(source, claim, *claim.versus)
+        if not len(other):  # the sweep lacks the arm to compare with: not measurable
+            return pd.Series(dtype=float)
+        values = values - other
     return values[np.isfinite(values.to_numpy(dtype=float))] if len(values) else values
 
 
@@ -369,6 +398,14 @@ def checks_markdown(checks: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def cluster_limits() -> dict[str, int]:
+    """How many clusters of each kind the data holds: ``tavern`` (data/taverns.csv), ``query``
+    (data/queries.csv) and ``run`` (1: a run-level metric has one value per seed)."""
+    from helpers.data import load_queries, load_taverns
+
+    return {"tavern": len(load_taverns()), "query": len(load_queries()), "run": 1}
+
+
 def power_table(
     table: pd.DataFrame,
     claims: Sequence[Claim] = CLAIMS,
@@ -376,7 +413,7 @@ def power_table(
     units: Sequence[pd.DataFrame] = (),
     power: float = st.POWER,
     alpha: float = st.ALPHA,
-    max_clusters: int = 47,
+    max_clusters: dict[str, int] | None = None,
     seed: int = 0,
     n_boot: int = st.N_BOOT,
 ) -> pd.DataFrame:
@@ -384,7 +421,12 @@ def power_table(
     ``min_effect`` (:func:`helpers.stats.size_needed`), at the Bonferroni level ``alpha / m``
     (the strictest Holm step, so the size holds whatever the claim's rank). Columns: ``study,
     finding, min_effect, sigma_seed, sigma_cluster`` (per-unit standard deviations of the
-    pilot), ``pilot_seeds, pilot_clusters, unit, seeds, clusters, mde, feasible``."""
+    pilot), ``pilot_seeds, pilot_clusters, unit, seeds, clusters, mde, feasible``.
+
+    ``max_clusters``: how many clusters of each unit exist at all (default
+    :func:`cluster_limits`: every tavern of data/taverns.csv, every query of
+    data/queries.csv): a query claim cannot grow past the benchmark's queries."""
+    limits = cluster_limits() if max_clusters is None else max_clusters
     rng = np.random.default_rng(seed)
     level = alpha / max(len(claims), 1)
     rows = []
@@ -393,10 +435,11 @@ def power_table(
         effect = st.estimate_effect(st.effect_matrix(d), rng, n_boot=n_boot) if len(d) else (
             st.NAN_EFFECT)  # fmt: skip
         s2, c2 = st.variance_components(effect)
-        need = (st.size_needed(effect, claim.min_effect, alpha=level, power=power,
-                               max_clusters=max_clusters)
-                if claim.min_effect > 0 else {})  # fmt: skip
         source = _source(claim.metric, table, units)
+        cap = limits.get(_unit_name(claim, source), 1)
+        need = (st.size_needed(effect, claim.min_effect, alpha=level, power=power,
+                               max_clusters=cap)
+                if claim.min_effect > 0 else {})  # fmt: skip
         rows.append({
             "study": claim.study, "finding": claim.finding, "min_effect": claim.min_effect,
             "sigma_seed": math.sqrt(s2) if np.isfinite(s2) else math.nan,

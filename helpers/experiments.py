@@ -150,11 +150,14 @@ def run_sweep(
     prefix: str = "sweep",
     share_generations: bool = True,
     progress: bool = True,
+    loop_progress: bool = False,
 ) -> list[LoopRun]:
     """One loop run per point, with ``base``'s other parameters. A run that exists already
     with the same parameters is continued or left alone (``run_loop``'s rule), so running the
     cell again costs nothing. ``generator`` default: ``make_generator(settings)`` for
-    ``base.generator``; with ``share_generations`` wrapped in :class:`SharedGenerations`."""
+    ``base.generator``; with ``share_generations`` wrapped in :class:`SharedGenerations`.
+    ``progress``: one bar over the runs; ``loop_progress``: each run's own bar too (a long sweep
+    then shows where it is inside a run)."""
     from tqdm.auto import tqdm
 
     from helpers.generators import make_generator
@@ -176,8 +179,8 @@ def run_sweep(
             run_id=run_id,
         )
         runs.append(
-            run_loop(params, settings, milvus=milvus, generator=generator, progress=False,
-                     announce=None)
+            run_loop(params, settings, milvus=milvus, generator=generator,
+                     progress=loop_progress, announce=None)
         )  # fmt: skip
     bar.close()
     return runs

@@ -6,7 +6,10 @@
 Every folder of docs/results/ with a ``manifest.json`` and a ``checks.csv`` (as
 ``scripts/run_experiment.py`` writes them) becomes a section: its parameters, commit and
 machine; each claim's effect, 95 % interval, Holm-corrected p, minimum effect, minimum
-detectable effect and verdict; and, when ``power.csv`` is there, the size each claim needs.
+detectable effect and verdict; the same for every arm against the no-feedback control
+(``control_checks.csv``); every metric per arm at the last iteration with its interval
+(``curves.csv``, drawn in ``curves.png``); and, when ``power.csv`` is there, the size each
+claim needs.
 Every sentence that states a count or a comparison is computed from those tables.
 """
 
@@ -84,6 +87,36 @@ def _claims_summary(checks: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _arm_label(policy: str, fraction: float) -> str:
+    return policy if fraction == 1 else f"{policy} hf={fraction:g}"
+
+
+def _curves_table(curves: pd.DataFrame) -> list[str]:
+    """Metric x arm at each arm's last iteration: estimate [95 % interval]."""
+    last = curves[curves["iteration"] == curves.groupby(["metric", "policy", "human_fraction"])[
+        "iteration"].transform("max")]  # fmt: skip
+    arms = list(dict.fromkeys(zip(last["policy"], last["human_fraction"], strict=True)))
+    lines = [
+        "| metric | " + " | ".join(_arm_label(*a) for a in arms) + " |",
+        "|---|" + "---|" * len(arms),
+    ]
+    for metric, g in last.groupby("metric", sort=False):
+        cells = []
+        for policy, fraction in arms:
+            row = g[(g["policy"] == policy) & (g["human_fraction"] == fraction)]
+            if not len(row):
+                cells.append("n/a")
+                continue
+            r = row.iloc[0]
+            band = (f" [{_g(r.ci_low)}, {_g(r.ci_high)}]"
+                    if math.isfinite(r.ci_low) else "")  # fmt: skip
+            cells.append(f"{_g(r.estimate)}{band}")
+        lines.append(
+            f"| {metric} (iteration {int(g['iteration'].max())}) | " + " | ".join(cells) + " |"
+        )
+    return lines
+
+
 def _power_table(power: pd.DataFrame) -> list[str]:
     lines = [
         "| study | finding | min effect | sd per seed | sd per cluster | pilot | seeds needed "
@@ -103,6 +136,30 @@ def _power_table(power: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _size_note(manifest: dict) -> list[str]:
+    """A manifest's own ``note`` and, for a sweep over part of the taverns, what all of them
+    would cost at the sweep's measured seconds per generated text."""
+    lines = [manifest["note"], ""] if manifest.get("note") else []
+    loop, generated = manifest["parameters"]["loop"], int(manifest["generated"])
+    n_all = len(pd.read_csv(ROOT / "data" / "taverns.csv"))
+    if generated and loop["n_taverns"] and loop["n_taverns"] < n_all:
+        per_text = manifest["minutes"] * 60 / generated
+        need = generated * n_all / loop["n_taverns"]
+        lines += [
+            f"Size: {loop['n_taverns']} of the {n_all} taverns. At this sweep's "
+            f"{per_text:.2f} s per generated text (generation, embedding, storage and the "
+            f"loop's own work), the same sweep over all {n_all} taverns would generate about "
+            f"{need:,.0f} texts and take about {need * per_text / 60:,.0f} minutes on this machine.",
+            "",
+        ]
+    return lines
+
+
+def _busy(machine: dict) -> str:
+    load = float(machine["load_average_at_start"][0])
+    return ": shared machine" if load > float(machine["cpus"]) else ": quiet machine"
+
+
 def _section(folder: Path) -> list[str]:
     manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     checks = pd.read_csv(folder / "checks.csv")
@@ -120,17 +177,48 @@ def _section(folder: Path) -> list[str]:
         f"({params['llama_threads']} llama.cpp thread(s)); backend {params['backend']}; "
         f"{params['n_boot']} bootstrap replicates. Commit `{manifest['commit'][:12]}`, "
         f"{machine['platform']}, Python {machine['python']}, {machine['cpus']} CPUs (load average "
-        f"{_g(machine['load_average_at_start'][0])} at the start: shared machine); "
+        f"{_g(machine['load_average_at_start'][0])} at the start{_busy(machine)}); "
         f"started {manifest['started_utc']}, {manifest['minutes']} minutes; "
         f"{manifest['generated']} texts generated, {manifest['answered_from_shared']} answered "
         "from the shared generations.",
         "",
+        *_size_note(manifest),
         "### The claims",
         "",
         *_claims_table(checks),
         "",
         *_claims_summary(checks),
     ]
+    if (folder / "control_checks.csv").is_file():
+        control = pd.read_csv(folder / "control_checks.csv")
+        lines += [
+            "",
+            "### Against the no-feedback control",
+            "",
+            "Each feedback arm's slope per iteration minus the no-feedback arm's, at the same seed "
+            "and tavern (a second family of claims, Holm-corrected on its own). The control "
+            "generates every iteration from the human texts only, so what it shows is the "
+            "generator's own sampling; what an arm adds beyond it is the feedback.",
+            "",
+            *_claims_table(control),
+            "",
+            *_claims_summary(control),
+        ]
+    if (folder / "curves.csv").is_file():
+        curves = pd.read_csv(folder / "curves.csv")
+        lines += [
+            "",
+            "### Every metric across iterations",
+            "",
+            f"![every metric per arm, 95 % bands](results/{folder.name}/curves.png)",
+            "",
+            "Mean over seeds and taverns (queries for over-representation and the rank "
+            "percentile; seeds only for the pooled distinct-2, Vendi, k-NN and Gini, which are "
+            "one number per run), with the 95 % interval of the cluster bootstrap, at each "
+            f"arm's last iteration; every iteration is in `docs/results/{folder.name}/curves.csv`.",
+            "",
+            *_curves_table(curves),
+        ]
     if (folder / "power.csv").is_file():
         power = pd.read_csv(folder / "power.csv")
         reach = int(power["feasible"].sum())
@@ -139,7 +227,8 @@ def _section(folder: Path) -> list[str]:
             "### Power: the size each claim needs",
             "",
             "From this sweep's variance per seed and per cluster: the fewest seeds, then the fewest "
-            "clusters (at most 47 taverns), whose MDE at 80 % power and level 0.05 / "
+            "clusters (at most every tavern of data/taverns.csv, or every query of "
+            "data/queries.csv), whose MDE at 80 % power and level 0.05 / "
             f"{len(power)} (the strictest Holm step) is at most the claim's minimum effect. "
             f"Claims within reach of at most 100 seeds: {reach} of {len(power)}.",
             "",

@@ -4,10 +4,17 @@
         --arms replace:0 accumulate:0 accumulate:1 replace:0.5 --seeds 1 2 \
         --iterations 5 --taverns 6 --max-tokens 40
 
-Writes small CSVs (the run table, the unit tables, the claims with their verdicts, the power
-calculation) and ``manifest.json`` (parameters, commit, machine, timing), from which
-``scripts/make_experiments_doc.py`` writes docs/experiments.md. The loop runs themselves stay
-in ``--run-dir`` (ignored by git); running again continues them and generates nothing twice.
+Writes small CSVs (the run table, the unit tables, the claims with their verdicts, the
+comparisons with the no-feedback control, the power calculation, every metric per arm and
+iteration with intervals, ``curves.png``), ``manifest.json`` (parameters, commit, machine,
+timing) and ``runs/`` (each run's params, metrics and ledger without prompts, xz-compressed),
+from which ``scripts/make_experiments_doc.py`` writes docs/experiments.md. The loop runs
+themselves stay in ``--run-dir`` (ignored by git); running again continues them and generates
+nothing twice (progress and ETA per run and per sweep on stderr). Anyone can recompute every
+table from the committed ledgers, without generating a text:
+
+    PYTHONPATH=$PWD .venv/bin/python scripts/run_experiment.py --name full --recompute \
+        --run-dir runs/recompute-full
 """
 
 from __future__ import annotations
@@ -31,10 +38,26 @@ def _arm(text: str) -> tuple[str, float]:
     return policy, float(fraction)
 
 
+def _from_manifest(args: argparse.Namespace) -> None:
+    """``--recompute``: the sweep's parameters come from its manifest.json."""
+    manifest = json.loads((ROOT / "docs" / "results" / args.name / "manifest.json").read_text())
+    params = manifest["parameters"]
+    args.arms = [_arm(a) for a in params["arms"]]
+    args.seeds = list(params["seeds"])
+    loop = params["loop"]
+    args.iterations, args.taverns = loop["iterations"], loop["n_taverns"]
+    args.max_tokens, args.context_chars, args.k = (
+        loop["max_tokens"],
+        loop["context_chars"],
+        loop["k"],
+    )
+    args.threads, args.model, args.manifest = params["llama_threads"], params["model"], manifest
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--name", required=True, help="folder under docs/results/")
-    ap.add_argument("--arms", nargs="+", type=_arm, required=True, help="policy:human_fraction")
+    ap.add_argument("--arms", nargs="+", type=_arm, help="policy:human_fraction")
     ap.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     ap.add_argument("--iterations", type=int, default=5)
     ap.add_argument("--taverns", type=int, default=6)
@@ -44,47 +67,78 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads (1 on a busy box)")
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "experiments")
+    ap.add_argument("--recompute", action="store_true",
+                    help="rebuild the runs from docs/results/<name>/runs/ (the committed ledgers)\n"
+                         "and recompute every table without generating a text")  # fmt: skip
     args = ap.parse_args(argv)
+    if args.recompute:
+        _from_manifest(args)
+    elif not args.arms:
+        ap.error("--arms is required (policy:human_fraction ...), unless --recompute")
 
+    from helpers import experiment_results as er
     from helpers import experiments as ex
+    from helpers.claims import CONTROL_CLAIMS
     from helpers.feedback_loop import LoopParams
     from helpers.generators import LocalGenerator
     from helpers.milvus_server import start_milvus
     from helpers.settings import get_settings
 
+    out = ROOT / "docs" / "results" / args.name
     started, t0 = datetime.now(UTC), time.perf_counter()
     # the commit of the code that runs (read now: the tree may move on during a long sweep)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True, check=False).stdout.strip()  # fmt: skip
     load_before = os.getloadavg()
     settings = get_settings(milvus_backend="lite", run_dir=args.run_dir, generator="local")
+    if args.recompute:
+        er.restore_runs(out / "runs", settings.run_dir / "loops")
+        inner = er.FrozenGenerator(args.model)
+    else:
+        inner = LocalGenerator(n_threads=args.threads)
     milvus = start_milvus(settings)
     try:
-        inner = LocalGenerator(n_threads=args.threads)
         generator = ex.SharedGenerations(inner, ex.shared_generations_file(settings, inner))
-        policies = list(dict.fromkeys(p for p, _ in args.arms))
-        fractions = list(dict.fromkeys(f for _, f in args.arms))
-        points = [p for p in ex.sweep_points(policies, fractions, args.seeds)
-                  if (p.policy, p.human_fraction) in set(args.arms)]  # fmt: skip
+        # seed-major, arms in the order given: an interrupted sweep leaves whole seeds behind
+        order = {arm: i for i, arm in enumerate(args.arms)}
+        points = sorted((p for p in ex.sweep_points(dict.fromkeys(p for p, _ in args.arms),
+                                                    dict.fromkeys(f for _, f in args.arms),
+                                                    args.seeds)
+                         if (p.policy, p.human_fraction) in order),
+                        key=lambda p: (args.seeds.index(p.seed), order[(p.policy, p.human_fraction)]))  # fmt: skip
         base = LoopParams(iterations=args.iterations, n_taverns=args.taverns,
                           max_tokens=args.max_tokens, context_chars=args.context_chars,
                           k=args.k, generator="local")  # fmt: skip
         runs = ex.run_sweep(points, base, settings, milvus=milvus, generator=generator,
-                            prefix=args.name)  # fmt: skip
+                            prefix=args.name, loop_progress=True)  # fmt: skip
+        minutes = round((time.perf_counter() - t0) / 60, 1)
         table = ex.experiment_table(runs, k=args.k, milvus=milvus)
         units = ex.unit_tables(runs, k=args.k, milvus=milvus)
     finally:
         milvus.stop()
+    per_run, facts = er.paper_metric_tables(runs, k=args.k)
+    table = table.merge(per_run, on=[*er.ARM_KEYS, "iteration"], how="left")
+    units = (*units, facts)
     checks = ex.literature_checks(table, units=units, n_boot=args.n_boot)
+    control = ex.literature_checks(table, CONTROL_CLAIMS, units=units, n_boot=args.n_boot)
     power = ex.power_table(table, units=units, n_boot=args.n_boot)
+    curves = er.arm_curves(table, units)
 
-    out = ROOT / "docs" / "results" / args.name
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "experiments.csv", index=False, float_format="%.6g")
-    for name, frame in zip(("units_taverns", "units_queries", "units_ranks"), units, strict=True):
+    names = ("units_taverns", "units_queries", "units_ranks", "units_facts")
+    for name, frame in zip(names, units, strict=True):
         frame.to_csv(out / f"{name}.csv", index=False, float_format="%.6g")
     checks.to_csv(out / "checks.csv", index=False, float_format="%.6g")
+    control.to_csv(out / "control_checks.csv", index=False, float_format="%.6g")
     power.to_csv(out / "power.csv", index=False, float_format="%.6g")
+    curves.to_csv(out / "curves.csv", index=False, float_format="%.6g")
+    er.plot_arm_curves(curves, out / "curves.png")
+    if args.recompute:
+        print(f"recomputed the tables of {out.relative_to(ROOT)} from its committed runs "
+              f"(generated {generator.misses} texts)")  # fmt: skip
+        return 0
+    er.export_runs(runs, out / "runs")
     manifest = {
         "name": args.name,
         "parameters": {
@@ -108,12 +162,21 @@ def main(argv: list[str] | None = None) -> int:
             "load_average_at_start": load_before,
         },
         "started_utc": started.isoformat(timespec="seconds"),
-        "minutes": round((time.perf_counter() - t0) / 60, 1),
+        "minutes": minutes,
         "generated": generator.misses,
         "answered_from_shared": generator.hits,
     }
+    previous = out / "manifest.json"
+    if previous.is_file() and generator.misses == 0:
+        # every run was finished already: keep the facts of the run that generated the texts
+        before = json.loads(previous.read_text(encoding="utf-8"))
+        if before.get("parameters") == manifest["parameters"]:
+            for key in ("commit", "machine", "started_utc", "minutes", "generated",
+                        "answered_from_shared"):  # fmt: skip
+                manifest[key] = before[key]
+            manifest["tables_from_commit"] = commit
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {out.relative_to(ROOT)} in {manifest['minutes']} min")
+    print(f"wrote {out.relative_to(ROOT)}: {manifest['generated']} texts in {minutes} min")
     return 0
 
 

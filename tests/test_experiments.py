@@ -3,11 +3,14 @@ against the published findings (helpers/experiments.py)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from helpers import claims as cl
+from helpers import experiment_results as er
 from helpers import experiments as ex
 from helpers import plots
 from helpers.feedback_loop import LoopParams, LoopParamsError
@@ -277,8 +280,69 @@ def test_a_sweep_shares_the_iterations_the_policies_have_in_common(settings, loc
                                           "not measurable"}  # fmt: skip
         chen = checks[checks["study"].str.startswith("Chen")]
         assert chen["estimate"].notna().all()  # accumulate hf 1 is in this sweep
+        # the papers' metrics, per run and iteration, and per tavern
+        per_run, facts = er.paper_metric_tables(runs, k=1)
+        assert len(per_run) == 4 and set(per_run["iteration"]) == {0, 1}
+        assert per_run["vendi"].between(1, 2).all()  # 2 texts: between 1 and 2 distinct
+        assert per_run["context_gini"].between(0, 1).all()
+        assert len(facts) == 8 and facts["fact_retention"].between(0, 1).all()
+        # the texts leave the repo without prompts, and come back as runs that give the same
+        # tables without generating anything
+        exported = er.export_runs(runs, settings.run_dir / "export")
+        assert [f.name for f in exported] == [r.run_id for r in runs]
+        import lzma
+
+        with lzma.open(exported[0] / er.LEDGER_FILE, "rt", encoding="utf-8") as fh:
+            lines = [json.loads(line) for line in fh]
+        assert len(lines) == 4 and all("prompt" not in rec and rec["text"] for rec in lines)
     finally:
         milvus.stop()
+    other = settings.replace(run_dir=settings.run_dir / "restored")
+    ids = er.restore_runs(settings.run_dir / "export", other.run_dir / "loops")
+    assert ids == [r.run_id for r in runs]
+    frozen = er.FrozenGenerator(local_generator.model)
+    milvus = start_milvus(other)
+    try:
+        again = ex.run_sweep(points, base, other, milvus=milvus, generator=frozen, prefix="t",
+                             progress=False, share_generations=False)  # fmt: skip
+        table2 = ex.experiment_table(again, k=2, milvus=milvus)
+        pd.testing.assert_frame_equal(table.reset_index(drop=True), table2.reset_index(drop=True))
+        with pytest.raises(RuntimeError, match="incomplete"):
+            frozen.generate("Describe an inn.")
+    finally:
+        milvus.stop()
+
+
+def test_no_feedback_has_no_over_representation_and_curves_have_intervals() -> None:
+    # a store with no generated row cannot over-represent generated rows: NaN, not a crash
+    rows = []
+    for s in (1, 2, 3):
+        for c in ("a", "b", "c", "d"):
+            for t in range(3):
+                rows.append({"run_id": f"r{s}", "policy": "accumulate", "human_fraction": 1.0,
+                             "seed": s, "iteration": t, "cluster": c,
+                             "dispersion": 0.8 - 0.01 * t + 0.001 * s})  # fmt: skip
+    units = pd.DataFrame(rows)
+    table = units.groupby([*er.ARM_KEYS, "iteration"], as_index=False)["dispersion"].mean()
+    table = table.rename(columns={"dispersion": "vendi"})
+    curves = er.arm_curves(table, [units], metrics=("dispersion", "vendi"), n_boot=200)
+    assert set(curves["metric"]) == {"dispersion", "vendi"}
+    d = curves[curves["metric"] == "dispersion"].set_index("iteration")
+    expected = units.groupby("iteration")["dispersion"].mean()
+    assert np.allclose(d["estimate"], expected)
+    assert (d["ci_low"] <= d["estimate"]).all() and (d["estimate"] <= d["ci_high"]).all()
+    assert (d["clusters"] == 4).all() and (d["seeds"] == 3).all()
+    v = curves[curves["metric"] == "vendi"]
+    assert (v["clusters"] == 1).all() and v["ci_high"].gt(v["ci_low"]).all()
+    fig = er.plot_arm_curves(curves)
+    assert len([ax for ax in fig.axes if ax.lines]) == 2
+
+
+def test_context_counts_include_rows_never_retrieved() -> None:
+    records = [{"iteration": 1, "context_ids": [1, 2, 3]}, {"iteration": 1, "context_ids": [1, 2, 4]},
+               {"iteration": 0, "context_ids": [9, 9, 9]}]  # fmt: skip
+    counts = er._context_counts(records, 1, searchable=6)
+    assert sorted(counts.tolist()) == [0, 0, 1, 1, 2, 2]
 
 
 # --- docs/experiments.md is generated from docs/results/ -----------------------------------------

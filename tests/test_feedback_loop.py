@@ -170,6 +170,7 @@ def test_params_are_checked_with_clear_messages() -> None:
         ({"run_id": "a b"}, "run_id 'a b'"),
         ({"taverns": ("a", "a")}, "lists an id twice"),
         ({"iterations": True}, "iterations must be a whole number"),
+        ({"retriever": "sparse"}, "retriever must be one of dense, bm25, hybrid"),
     ]
     for change, message in bad:
         with pytest.raises(LoopParamsError, match=message):
@@ -709,6 +710,35 @@ def test_facts_query_and_exclude_own(lite: tuple[Settings, Any]) -> None:
     assert any(c["source"] == "generated" for r in later for c in r["context"])
     ages = [c["age"] for r in later for c in r["context"]]
     assert run.metrics()["context_age"].iloc[1] == pytest.approx(sum(ages) / len(ages))
+
+
+@pytest.mark.parametrize("retriever", ["bm25", "hybrid"])
+def test_lexical_and_hybrid_retrievers(lite: tuple[Settings, Any], retriever: str) -> None:
+    settings, handle = lite
+    params = LoopParams(**{**SMALL, "k": 3}, retriever=retriever, run_id=f"ret-{retriever}")
+    run = run_loop(params, settings, milvus=handle, progress=False)
+    saved = json.loads((Path(run.ledger.folder) / "params.json").read_text(encoding="utf-8"))
+    assert saved["retriever"] == retriever
+    records = run.records()
+    assert records and all(r["retriever"] == retriever for r in records)
+    for rec in records:
+        scores = [c["score"] for c in rec["context"]]
+        # BM25 returns only rows sharing a word with the query: up to k
+        assert 1 <= len(scores) <= 3 and all(s > 0 for s in scores)
+        assert scores == sorted(scores, reverse=True)  # ranked by the retriever's own score
+    # the collection holds the BM25 fields; the same query in the same mode, straight from
+    # Milvus, ranks the same rows first for the facts query of iteration 0
+    from helpers.loop.prompt import intro_query
+    from helpers.search import search
+
+    first = records[0]
+    tavern = {k: first[k] for k in ("name", "location", "famous_visitor")}
+    hits = search(handle.client, run.collection, intro_query(tavern), mode=retriever, k=3,
+                  filter="iteration == -1", output_fields=("tavern_id",))  # fmt: skip
+    assert [h["id"] for h in hits] == first["context_ids"]
+    # resuming the finished run on the same store changes nothing
+    again = run_loop(params, settings, milvus=handle, progress=False)
+    assert again.records() == records
 
 
 def _garbage_references(tmp_path: Path) -> Path:

@@ -25,6 +25,7 @@ from helpers.loop.params import (
     MAX_K,
     POLICIES,
     QUERY_MODES,
+    RETRIEVERS,
     SOURCES,
     LoopError,
     LoopParams,
@@ -140,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="what a tavern's retrieval searches with: self, its own newest version (its facts before it has one), or facts, always its name, location and visitor (default %(default)s)",
     )
     loop.add_argument(
+        "--retriever",
+        choices=RETRIEVERS,
+        default=defaults.retriever,
+        help="how contexts are searched: dense vectors, bm25 (Milvus full-text search) or hybrid (both, RRF); bm25 and hybrid need milvus-lite or Milvus 2.5+ (default %(default)s)",
+    )
+    loop.add_argument(
         "--exclude-own",
         action="store_true",
         help="retrieval never returns the tavern's own generated versions",
@@ -236,7 +243,7 @@ _RESUME_FIXED = frozenset(
     {
         "iterations", "policy", "k", "n_taverns", "taverns", "sources", "human_fraction",
         "context_chars", "generator", "temperature", "seed", "max_tokens", "judge", "no_ratings",
-        "query_mode", "exclude_own", "run_id", "fresh",
+        "query_mode", "exclude_own", "retriever", "run_id", "fresh",
     }
 )  # fmt: skip
 
@@ -282,6 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 use_ratings=not args.no_ratings,
                 query_mode=args.query_mode,
                 exclude_own=args.exclude_own,
+                retriever=args.retriever,
                 run_id=args.run_id,
             )
             run = run_loop(params, settings, fresh=args.fresh, **common)

@@ -116,6 +116,7 @@ class FeedbackLoop:
         self.state = LoopState()
         self.reference_vectors: dict[str, np.ndarray] = {}
         self.retriever = Retriever(manifest.params, milvus, manifest.collection, self.state)
+        self.full_text = manifest.params.retriever != "dense"  # rows then carry search_text
 
     @property
     def client(self) -> Any:
@@ -129,7 +130,9 @@ class FeedbackLoop:
         marks = [time.perf_counter()]
         client = self.client
         records = self.ledger.records()
-        created = open_loop_collection(client, self.collection, drop_existing=not records)
+        created = open_loop_collection(
+            client, self.collection, drop_existing=not records, retriever=self.params.retriever
+        )
         marks.append(time.perf_counter())
         for tav in self.taverns:
             self.reference_vectors[tav["tavern_id"]] = embed_one(tav["description"])
@@ -147,7 +150,7 @@ class FeedbackLoop:
             for t in self.manifest.human_taverns
         ]  # fmt: skip
         if human_rows:
-            client.upsert(self.collection, prepare_rows(human_rows))
+            client.upsert(self.collection, prepare_rows(human_rows, full_text=self.full_text))
         for row in human_rows:
             self.state.vectors[row["id"]] = np.asarray(row["vector_embedding"], dtype=np.float32)
         marks.append(time.perf_counter())
@@ -156,8 +159,9 @@ class FeedbackLoop:
         build_hnsw_index(client, self.collection)
         marks.append(time.perf_counter())
         restored = restore_state(
-            self.state, records, client, self.collection, self.ledger.ledger_path
-        )
+            self.state, records, client, self.collection, self.ledger.ledger_path,
+            full_text=self.full_text,
+        )  # fmt: skip
         marks.append(time.perf_counter())
         if self.on_timing is not None:
             names = ("collection_s", "embed_references_s", "human_rows_s", "flush_index_s")
@@ -226,6 +230,7 @@ class FeedbackLoop:
         record = ledger_record(
             self.run_id, request, gen, text, vector, scores, stored, reason,
             temperature=self.params.temperature, max_tokens=self.manifest.max_tokens_resolved,
+            retriever=self.params.retriever,
         )  # fmt: skip
         write_timings = self._write(record, vector)
         if self.on_timing is not None:
@@ -268,7 +273,9 @@ class FeedbackLoop:
         self.ledger.append(record)
         t1 = time.perf_counter()
         if record["stored"] and vector is not None:
-            self.client.upsert(self.collection, prepare_rows([row_from_record(record)]))
+            self.client.upsert(
+                self.collection, prepare_rows([row_from_record(record)], full_text=self.full_text)
+            )
             self.state.vectors[record["row_id"]] = vector
         t2 = time.perf_counter()
         self.state.records[(record["iteration"], record["tavern_id"])] = record
@@ -351,7 +358,13 @@ def human_row(
 
 
 def restore_state(
-    state: LoopState, records: list[Record], client: Any, collection: str, where: Any
+    state: LoopState,
+    records: list[Record],
+    client: Any,
+    collection: str,
+    where: Any,
+    *,
+    full_text: bool = False,
 ) -> int:
     """Rebuild the state from the ledger and re-insert ledgered rows missing from the store
     (a crash between ledger and insert). Returns how many were re-inserted."""
@@ -370,7 +383,8 @@ def restore_state(
     present = present_ids(client, collection, stored_ids)
     missing = [r for r in records if r["stored"] and r["row_id"] not in present]
     if missing:
-        client.upsert(collection, prepare_rows([row_from_record(r) for r in missing]))
+        rows = [row_from_record(r) for r in missing]
+        client.upsert(collection, prepare_rows(rows, full_text=full_text))
     return len(missing)
 
 
@@ -386,8 +400,11 @@ def ledger_record(
     *,
     temperature: float,
     max_tokens: int,
+    retriever: str = "dense",
 ) -> Record:
-    """The ledger record of one generation (the stored row is made from it: ``row_from_record``)."""
+    """The ledger record of one generation (the stored row is made from it: ``row_from_record``).
+    Each context keeps its age and cosine ``similarity``; with a ``bm25``/``hybrid``
+    ``retriever`` also the retriever's own ``score`` it was ranked by."""
     tavern, contexts = request.tavern, request.contexts
     tid = tavern["tavern_id"]
     return {
@@ -406,8 +423,10 @@ def ledger_record(
                 "age": request.iteration - c["iteration"],
                 "similarity": round(c["similarity"], 6),
             }
+            | ({"score": c["score"]} if "score" in c else {})
             for c in contexts
         ],
+        "retriever": retriever,
         "prompt": request.prompt,
         "prompt_sha256": sha256(request.prompt.encode("utf-8")).hexdigest(),
         "seed": request.seed,

@@ -23,6 +23,7 @@ from helpers.settings import GENERATORS
 
 POLICIES = ("accumulate", "replace", "replace-keep-human", "gated", "no-feedback")
 QUERY_MODES = ("self", "facts")
+RETRIEVERS = ("dense", "bm25", "hybrid")  # helpers.search modes; bm25/hybrid need Milvus 2.5+
 SOURCES = ("all", "human", "generated", "run")
 JUDGE_MODES = ("off", "auto", "claude")
 HUMAN_ITERATION = -1  # the iteration number of the human reference rows: before the loop
@@ -114,6 +115,11 @@ class LoopParams:
     visitor (so the query does not follow the tavern's own drift). ``exclude_own``: retrieval
     never returns the tavern's own generated versions (its human reference stays eligible).
     Under ``no-feedback`` the query is always ``facts``: nothing generated is read back.
+    ``retriever``: how the contexts are searched (:mod:`helpers.search` modes): ``dense``
+    (all-MiniLM-L6-v2 vectors, exact re-rank), ``bm25`` (Milvus full-text search on name +
+    description, with the query's *text*: the newest version or the facts) or ``hybrid`` (both,
+    fused by RRF); bm25 and hybrid need a backend with full-text search (milvus-lite 3.2+,
+    Milvus 2.5+), and the run's collection then gets the BM25 fields.
     """
 
     iterations: int = 3
@@ -132,6 +138,7 @@ class LoopParams:
     use_ratings: bool = True
     query_mode: str = "self"
     exclude_own: bool = False
+    retriever: str = "dense"
     run_id: str = ""
 
     def checked(self) -> LoopParams:
@@ -144,6 +151,7 @@ class LoopParams:
         check_choice("generator", self.generator, GENERATORS)
         check_choice("judge", self.judge, JUDGE_MODES)
         check_choice("query_mode", self.query_mode, QUERY_MODES)
+        check_choice("retriever", self.retriever, RETRIEVERS)
         for name in ("exclude_own", "use_ratings"):
             if not isinstance(getattr(self, name), bool):
                 raise LoopParamsError(f"{name} must be True or False, got {getattr(self, name)!r}.")

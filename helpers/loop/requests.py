@@ -81,9 +81,11 @@ class Retriever:
         )
         if expr is None:
             return [], parent
+        text = str(version["text"]) if from_self and version is not None else intro_query(tavern)
         contexts = search_contexts(
-            client_of(self.milvus), self.collection, query, expr, self.params.k, self.state.vectors
-        )
+            client_of(self.milvus), self.collection, query, expr, self.params.k,
+            self.state.vectors, retriever=self.params.retriever, query_text=text,
+        )  # fmt: skip
         return contexts, parent
 
     def _facts_query(self, tavern: Mapping[str, str]) -> np.ndarray:

@@ -15,6 +15,7 @@ from typing import Any, TypeAlias
 import numpy as np
 from pymilvus import CollectionSchema, DataType, FieldSchema, MilvusClient
 
+from helpers import fulltext
 from helpers.common import truncate_utf8
 from helpers.embeddings import encode_documents, encode_queries
 from helpers.evaluation import cosine
@@ -31,6 +32,7 @@ from helpers.loop.params import (
 )
 from helpers.milvus_server import MilvusHandle
 from helpers.schema import (
+    SEARCH_TEXT_MAX,
     VECTOR_FIELD,
     SchemaError,
     ensure_collection,
@@ -70,9 +72,10 @@ def backend_of(milvus: Milvus | None, default: str) -> str:
 # The collection
 
 
-def loop_schema() -> CollectionSchema:
+def loop_schema(full_text: bool = False) -> CollectionSchema:
     """The article's six fields (:func:`helpers.schema.tavern_schema`) plus the lineage fields
-    described in the module docstring."""
+    described in the module docstring; with ``full_text`` also the BM25 text and sparse fields
+    (:func:`helpers.fulltext.add_full_text_fields`) a ``bm25`` or ``hybrid`` retriever needs."""
 
     def text(name: str, description: str) -> FieldSchema:
         return FieldSchema(
@@ -99,18 +102,28 @@ def loop_schema() -> CollectionSchema:
         FieldSchema("scores", DataType.JSON, description="evaluation scores (helpers.evaluation)"),
         text("created_at", "UTC time the text was generated"),
     ]
-    return CollectionSchema(
+    schema = CollectionSchema(
         [*tavern_schema().fields, *lineage],
         description="LOTR Taverns: feedback loop versions with lineage",
     )
+    return fulltext.add_full_text_fields(schema, SEARCH_TEXT_MAX) if full_text else schema
 
 
-def open_loop_collection(client: MilvusClient, collection: str, *, drop_existing: bool) -> bool:
+def open_loop_collection(
+    client: MilvusClient, collection: str, *, drop_existing: bool, retriever: str = "dense"
+) -> bool:
     """Create the run's collection if missing; True when it was created. An existing one with
-    other fields is an error (an older kit version, or a name clash)."""
+    other fields is an error (an older kit version, or a name clash). A ``bm25`` or ``hybrid``
+    retriever on a server without full-text (or hybrid) search is an error that says which
+    backends have it."""
+    full_text = retriever != "dense"
+    if full_text:
+        caps = fulltext.search_capabilities(client)
+        if not caps.full_text or (retriever == "hybrid" and not caps.hybrid):
+            raise LoopError(f"retriever={retriever!r} is not available: {caps.reason}.")
     try:
         return ensure_collection(
-            client, collection, loop_schema(), drop_existing=drop_existing,
+            client, collection, loop_schema(full_text), drop_existing=drop_existing,
             hint="use another run id",
         )  # fmt: skip
     except SchemaError as exc:
@@ -215,6 +228,9 @@ def search_contexts(
     expr: str,
     k: int,
     vectors: Mapping[int, np.ndarray],
+    *,
+    retriever: str = "dense",
+    query_text: str = "",
 ) -> list[dict[str, Any]]:
     """The ``k`` rows nearest ``query`` under filter ``expr``, re-ranked exactly.
 
@@ -222,17 +238,31 @@ def search_contexts(
     the vectors the run ledgered (``vectors``, by row id), ties broken by id, so float noise
     between brute-force and indexed segments cannot swap two texts. A row the run does not know
     means the collection was changed from outside: an error.
+
+    With ``retriever`` ``bm25`` or ``hybrid`` the search is :func:`helpers.search.search_batch`
+    in that mode with ``query_text`` (and ``query`` as the dense half of hybrid); the order is
+    the retriever's own score (BM25, or the RRF fusion), ties broken by id, and each context
+    still records its cosine ``similarity`` to the query vector beside that ``score``.
     """
-    hits = client.search(
-        collection,
-        data=[query.tolist()],
-        anns_field=VECTOR_FIELD,
-        search_params=search_params(SEARCH_EF),
-        limit=k + CANDIDATE_MARGIN,
-        filter=expr,
-        output_fields=list(CONTEXT_FIELDS),
-        consistency_level="Strong",
-    )[0]
+    if retriever != "dense":
+        from helpers.search import search_batch
+
+        hits = search_batch(
+            client, collection, [query_text], mode=retriever, k=k + CANDIDATE_MARGIN,
+            filter=expr, query_vectors=[query.tolist()], output_fields=CONTEXT_FIELDS,
+        )[0]  # fmt: skip
+        hits = [{"id": h["id"], "score": h["score"], "entity": h} for h in hits]
+    else:
+        hits = client.search(
+            collection,
+            data=[query.tolist()],
+            anns_field=VECTOR_FIELD,
+            search_params=search_params(SEARCH_EF),
+            limit=k + CANDIDATE_MARGIN,
+            filter=expr,
+            output_fields=list(CONTEXT_FIELDS),
+            consistency_level="Strong",
+        )[0]
     contexts = []
     for hit in hits:
         hid = int(hit["id"])
@@ -244,13 +274,15 @@ def search_contexts(
                 "fresh=True (or a new run id)."
             )
         entity = hit["entity"]
-        contexts.append(
-            {
-                "id": hid,
-                "similarity": cosine(query, vector),
-                **{f: entity[f] for f in CONTEXT_FIELDS if f != "iteration"},
-                "iteration": int(entity["iteration"]),
-            }
-        )
-    contexts.sort(key=lambda c: (-c["similarity"], c["id"]))
+        context = {
+            "id": hid,
+            "similarity": cosine(query, vector),
+            **{f: entity[f] for f in CONTEXT_FIELDS if f != "iteration"},
+            "iteration": int(entity["iteration"]),
+        }
+        if retriever != "dense":
+            context["score"] = round(float(hit["score"]), 6)
+        contexts.append(context)
+    order = "similarity" if retriever == "dense" else "score"
+    contexts.sort(key=lambda c: (-c[order], c["id"]))
     return contexts[:k]
