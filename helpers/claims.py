@@ -264,7 +264,7 @@ def unit_tables(
 # Judging the claims
 
 
-def _source(metric: str, table: pd.DataFrame, units: Sequence[pd.DataFrame]) -> pd.DataFrame:
+def metric_source(metric: str, table: pd.DataFrame, units: Sequence[pd.DataFrame]) -> pd.DataFrame:
     """The finest table holding ``metric``: a unit table, else the run table (one cluster per
     run). Raises KeyError when none has it."""
     for frame in units:
@@ -289,7 +289,7 @@ def claim_units(claim: Claim, table: pd.DataFrame, units: Sequence[pd.DataFrame]
     """The claim's effect per unit, indexed by (seed, cluster): a slope, a level, or (with
     ``versus``) the paired difference at the same seed and cluster. Units without a finite
     value are dropped; empty when the sweep lacks an arm."""
-    source = _source(claim.metric, table, units)
+    source = metric_source(claim.metric, table, units)
     values = _arm_values(source, claim, claim.policy, claim.human_fraction)
     if claim.versus is not None and len(values):
         other = _arm_values(source, claim, *claim.versus)
@@ -340,7 +340,7 @@ def literature_checks(
     rng = np.random.default_rng(seed)
     rows, effects = [], []
     for claim in claims:
-        source = _source(claim.metric, table, units)
+        source = metric_source(claim.metric, table, units)
         d = claim_units(claim, table, units)
         effect = (st.estimate_effect(st.effect_matrix(d), rng, n_boot=n_boot, alpha=alpha)
                   if len(d) else st.NAN_EFFECT)  # fmt: skip
@@ -435,7 +435,7 @@ def power_table(
         effect = st.estimate_effect(st.effect_matrix(d), rng, n_boot=n_boot) if len(d) else (
             st.NAN_EFFECT)  # fmt: skip
         s2, c2 = st.variance_components(effect)
-        source = _source(claim.metric, table, units)
+        source = metric_source(claim.metric, table, units)
         cap = limits.get(_unit_name(claim, source), 1)
         need = (st.size_needed(effect, claim.min_effect, alpha=level, power=power,
                                max_clusters=cap)

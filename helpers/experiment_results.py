@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from helpers import stats as st
+from helpers.claims import metric_source
 from helpers.generators.base import Generation, GenerationRequest, TokenLedger
 
 if TYPE_CHECKING:
@@ -189,15 +190,6 @@ def paper_metric_tables(
 # Curves per arm
 
 
-def _source_of(metric: str, table: pd.DataFrame, units: Sequence[pd.DataFrame]) -> pd.DataFrame:
-    for frame in units:
-        if metric in frame.columns:
-            return frame
-    if metric in table.columns:
-        return table.assign(cluster="run")
-    raise KeyError(f"{metric!r} is in no table given.")
-
-
 def arm_curves(
     table: pd.DataFrame,
     units: Sequence[pd.DataFrame] = (),
@@ -214,7 +206,7 @@ def arm_curves(
     rows = []
     for metric in metrics:
         try:
-            source = _source_of(metric, table, units)
+            source = metric_source(metric, table, units)
         except KeyError:
             continue
         part = source[np.isfinite(source[metric].to_numpy(dtype=float))]
@@ -265,3 +257,65 @@ def plot_arm_curves(curves: pd.DataFrame, path: Path | None = None, *, columns: 
     if path is not None:
         fig.savefig(path, dpi=110, metadata={"Software": None})
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# The committed results, for notebook 08 and the doc
+
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "docs" / "results"
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepResults:
+    """A sweep's committed tables (``scripts/run_experiment.py`` writes them)."""
+
+    folder: Path
+    manifest: dict[str, Any]
+    checks: pd.DataFrame
+    control: pd.DataFrame | None
+    curves: pd.DataFrame | None
+
+    @property
+    def figure(self) -> Path:
+        return self.folder / "curves.png"
+
+    def describe(self) -> str:
+        """One sentence on the sweep's size, model, time and commit, from its manifest."""
+        m, p = self.manifest, self.manifest["parameters"]
+        loop = p["loop"]
+        return (
+            f"{len(p['arms'])} arms ({', '.join(p['arms'])}) x {len(p['seeds'])} seeds, "
+            f"{loop['iterations']} iterations over {loop['n_taverns']} taverns, "
+            f"{loop['max_tokens']}-token texts from {p['model']}: {m['generated']} texts "
+            f"generated in {m['minutes']} minutes (commit {m['commit'][:12]})"
+        )
+
+    def verdicts(self, which: str = "checks") -> str:
+        """``"8 claims: 2 reproduced, 6 not detected"``, counted from the table."""
+        table = self.checks if which == "checks" else self.control
+        if table is None:
+            return "no table"
+        counts = table["verdict"].value_counts()
+        order = [st.REPRODUCED, st.OPPOSITE, st.NOT_DETECTED, st.NOT_MEASURABLE]
+        parts = [f"{int(counts[v])} {v}" for v in order if v in counts]
+        return f"{len(table)} claims: {', '.join(parts)}"
+
+
+def load_results(name: str, root: Path = RESULTS_DIR) -> SweepResults:
+    """The committed results of sweep ``name`` (``docs/results/<name>/``)."""
+    folder = Path(root) / name
+    if not (folder / "manifest.json").is_file():
+        known = sorted(p.parent.name for p in Path(root).glob("*/manifest.json"))
+        raise FileNotFoundError(
+            f"No results named {name!r} under {root}; there are: {known}. Make them with "
+            "scripts/run_experiment.py."
+        )
+
+    def table(file: str) -> pd.DataFrame | None:
+        return pd.read_csv(folder / file) if (folder / file).is_file() else None
+
+    checks = table("checks.csv")
+    if checks is None:
+        raise FileNotFoundError(f"{folder} has no checks.csv: rerun scripts/run_experiment.py.")
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    return SweepResults(folder, manifest, checks, table("control_checks.csv"), table("curves.csv"))

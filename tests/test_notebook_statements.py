@@ -20,6 +20,7 @@ from urllib.parse import unquote
 import pandas as pd
 import pytest
 
+from helpers.experiment_results import load_results
 from helpers.main_job import NOTEBOOK_DIR
 from helpers.report import render_report
 from tests.notebook_runner import all_text, execute, has_image
@@ -174,20 +175,26 @@ def test_07_measures_a_run_it_makes_and_its_directions_match_its_tables(tmp_path
 @pytest.mark.slow
 def test_08_sweeps_shows_the_method_without_verdicts(tmp_path) -> None:
     nb = execute(
-        "08_loop_policy_experiments.ipynb", tmp_path, SEEDS=[1, 2], HUMAN_FRACTIONS=[1.0, 0.0],
+        "08_loop_policy_experiments.ipynb", tmp_path, SEEDS=[1, 2], HUMAN_FRACTIONS=[1.0],
         ITERATIONS=3, N_TAVERNS=2, MAX_TOKENS=12, GENERATOR="local",
     )  # fmt: skip
     text = all_text(nb)
-    assert "12 runs x 3 iterations x 2 taverns" in text and "answered from earlier runs" in text
+    assert "8 runs x 3 iterations x 2 taverns" in text and "answered from earlier runs" in text
     assert "smoke-sized sweep" in text and "docs/experiments.md" in text
-    assert not re.search(r"reproduced|opposite|mixed \(", text), "a smoke sweep printed a verdict"
+    # the smoke sweep (sections 1-6) prints no verdict; section 7 shows the committed full one
+    cut = next(i for i, c in enumerate(nb.cells) if c.source.startswith("## 7. The full"))
+    smoke = all_text({"cells": nb.cells[:cut]})
+    assert not re.search(r"reproduced|opposite|mixed \(", smoke), "a smoke sweep printed a verdict"
+    full = load_results("full")
+    assert f"the papers' claims: {full.verdicts('checks')}" in text
+    assert f"against the no-feedback control: {full.verdicts('control')}" in text
     claims = claims_of(tmp_path / "run", "08", nb)
     assert len(claims) >= 5  # a sentence under each figure
     run = tmp_path / "run"
     table = pd.read_csv(run / "experiments.csv")
-    # 12 runs, each with the store before the loop (-1) and 3 iterations
+    # 8 runs, each with the store before the loop (-1) and 3 iterations
     assert table.groupby("run_id")["iteration"].apply(lambda s: sorted(s) == [-1, 0, 1, 2]).all()
-    assert table["run_id"].nunique() == 12 and set(table["seed"]) == {1, 2}
+    assert table["run_id"].nunique() == 8 and set(table["seed"]) == {1, 2}
     checks = pd.read_csv(run / "experiments_literature_checks.csv")
     assert {"Shumailov", "Gerstgrasser", "Chen"} <= {s.split()[0] for s in checks["study"]}
     assert (run / "experiments_by_policy.csv").is_file()
