@@ -27,6 +27,7 @@ from types import ModuleType
 ORDER = (
     "embedding_throughput",
     "generation",
+    "description_length",
     "loop_breakdown",
     "search_quality",
     "hybrid_search",

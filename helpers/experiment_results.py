@@ -56,6 +56,7 @@ CURVE_METRICS: dict[str, str] = {
     "context_gini": "Gini of context retrievals",
     "over_representation": "over-representation (top-3)",
     "human_percentile": "human text's rank percentile",
+    "context_own_share": "context from the tavern itself",
 }
 
 
@@ -138,7 +139,9 @@ def _context_counts(records: Sequence[dict[str, Any]], it: int, searchable: int)
 def paper_metric_tables(
     runs: Sequence[LoopRun], *, k: int = 3
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``(per_run, per_tavern)``. ``per_run``: one row per (run, iteration) with ``vendi``,
+    """``(per_run, per_tavern)``. ``per_run``: one row per (run, iteration) with
+    ``context_own_share`` (share of the iteration's context rows that belong to the tavern
+    being written: its human text or its own earlier versions), ``vendi``,
     ``knn_precision``/``knn_recall`` (k-NN, ``k``) of the current versions against the run's
     human references, and ``context_hubness``/``context_gini`` of the iteration's context
     retrievals over the rows it could retrieve. ``per_tavern``: one row per (run, iteration,
@@ -171,8 +174,12 @@ def paper_metric_tables(
                                  if len(present) > k else (np.nan, np.nan))  # fmt: skip
             counts = _context_counts(records, it, sum(searchable_counts(
                 records, run.params["policy"], n_human, it - 1)))  # fmt: skip
+            contexts = [(r["tavern_id"], c) for r in records if r["iteration"] == it
+                        for c in r["context"]]  # fmt: skip
+            own = np.mean([c["tavern_id"] == t for t, c in contexts]) if contexts else np.nan
             run_rows.append(arm | {
-                "iteration": it, "vendi": pm.vendi_score(vectors) if len(present) else np.nan,
+                "iteration": it, "context_own_share": own,
+                "vendi": pm.vendi_score(vectors) if len(present) else np.nan,
                 "knn_precision": precision, "knn_recall": recall,
                 "context_hubness": pm.hubness(counts) if len(counts) else np.nan,
                 "context_gini": pm.gini(counts) if len(counts) else np.nan,

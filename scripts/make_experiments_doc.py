@@ -41,6 +41,19 @@ Welch-Satterthwaite degrees of freedom, and the p-values of a sweep are Holm-cor
 the claim's minimum effect; *opposite*: the same on the other side; *not detected*: neither,
 reported with the minimum detectable effect (MDE, 80 % power) at that size; *not measurable*:
 the sweep lacks the arm or the iterations.
+
+The arms (`helpers/claims.py` says which claim reads which): every arm starts from all human
+texts. `replace` shows iteration 0 the human texts and every later iteration only the previous
+generation (Shumailov's and Gerstgrasser's "replace"); `accumulate` keeps every human and
+generated text (Gerstgrasser's "accumulate", Chen's growing corpus); `replace-keep-human` shows
+the human texts beside the previous generation (Alemohammad's loop with fresh real data);
+`no-feedback` writes every iteration from the human texts only, the control each feedback arm
+is measured against. The loop retrains nothing: what changes is the corpus the fixed generator
+retrieves from, so these are analogies of the papers' settings. The retriever queries with each
+tavern's own newest version (`query_mode` `self`), so its context can be the tavern's own
+lineage: `context_own_share` in the tables below says how much of it is, per arm. The paired source-bias
+test (does the retriever itself prefer a generated twin over the human text, with the generator
+frozen) is in [source-bias.md](source-bias.md).
 """
 
 
