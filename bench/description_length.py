@@ -21,7 +21,7 @@ from bench.common import fmt, loadavg, markdown_table, module_main, prepare_out_
 
 NAME = "description_length"
 OPEN_CAP = 1024
-N_TAVERNS = 12
+N_TAVERNS = 8
 
 
 def run(quick: bool = False, out_dir: Path | None = None) -> Any:
@@ -47,9 +47,11 @@ def run(quick: bool = False, out_dir: Path | None = None) -> Any:
             "utf8_bytes": len(gen.text.encode("utf-8")), "seconds": time.perf_counter() - t0,
             "load_1min": loadavg()[0],
         })  # fmt: skip
-    df = pd.DataFrame(rows)
-    df.to_csv(out_dir / f"{NAME}.csv", index=False)
-    return df
+        r = rows[-1]
+        print(f"{r['tavern']}: {r['output_tokens']} tokens, stopped by itself "
+              f"{r['stopped_by_itself']}, {r['seconds']:.1f} s", flush=True)  # fmt: skip
+        pd.DataFrame(rows).to_csv(out_dir / f"{NAME}.csv", index=False)  # kept if stopped
+    return pd.DataFrame(rows)
 
 
 def markdown(df: Any) -> str:

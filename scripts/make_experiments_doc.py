@@ -169,8 +169,12 @@ def _size_note(manifest: dict) -> list[str]:
 
 
 def _busy(machine: dict) -> str:
+    """`` (load average L at the start: quiet|shared machine)``, or nothing when not recorded."""
+    if not machine.get("load_average_at_start"):
+        return ""
     load = float(machine["load_average_at_start"][0])
-    return ": shared machine" if load > float(machine["cpus"]) else ": quiet machine"
+    kind = "shared machine" if load > float(machine["cpus"]) else "quiet machine"
+    return f" (load average {_g(load)} at the start: {kind})"
 
 
 def _section(folder: Path) -> list[str]:
@@ -189,8 +193,7 @@ def _section(folder: Path) -> list[str]:
         f"texts, {loop['context_chars']}-character contexts, k {loop['k']}; model {params['model']} "
         f"({params['llama_threads']} llama.cpp thread(s)); backend {params['backend']}; "
         f"{params['n_boot']} bootstrap replicates. Commit `{manifest['commit'][:12]}`, "
-        f"{machine['platform']}, Python {machine['python']}, {machine['cpus']} CPUs (load average "
-        f"{_g(machine['load_average_at_start'][0])} at the start{_busy(machine)}); "
+        f"{machine['platform']}, Python {machine['python']}, {machine['cpus']} CPUs{_busy(machine)}; "
         f"started {manifest['started_utc']}, {manifest['minutes']} minutes; "
         f"{manifest['generated']} texts generated, {manifest['answered_from_shared']} answered "
         "from the shared generations.",

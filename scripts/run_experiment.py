@@ -54,6 +54,23 @@ def _from_manifest(args: argparse.Namespace) -> None:
     args.threads, args.model, args.manifest = params["llama_threads"], params["model"], manifest
 
 
+def _facts_from_ledgers(runs: list) -> dict:
+    """When and how much a finished sweep generated, read from its ledgers: the first and last
+    record's time, and the distinct requests (prompt, seed, length, temperature): the shared
+    generations answer a repeated request from the file, so each distinct one was generated
+    once."""
+    records = [r for run in runs for r in run.records()]
+    times = sorted(datetime.fromisoformat(r["created_at"].replace("Z", "+00:00")) for r in records)
+    distinct = {(r["prompt_sha256"], r["seed"], r["max_tokens"], r["temperature"]) for r in records}
+    return {
+        "started_utc": times[0].isoformat(timespec="seconds"),
+        "minutes": round((times[-1] - times[0]).total_seconds() / 60, 1),
+        "generated": len(distinct),
+        "answered_from_shared": len(records) - len(distinct),
+        "timing_from": "ledgers (first to last record)",
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--name", required=True, help="folder under docs/results/")
@@ -167,6 +184,11 @@ def main(argv: list[str] | None = None) -> int:
         "answered_from_shared": generator.hits,
     }
     previous = out / "manifest.json"
+    if generator.misses == 0 and not previous.is_file():
+        # every run was finished by an earlier process that left no manifest (stopped after
+        # its last generation): its facts from the ledgers themselves
+        manifest |= _facts_from_ledgers(runs)
+        manifest["machine"]["load_average_at_start"] = None  # not known for that process
     if previous.is_file() and generator.misses == 0:
         # every run was finished already: keep the facts of the run that generated the texts
         before = json.loads(previous.read_text(encoding="utf-8"))
