@@ -132,7 +132,7 @@ def _curves_table(curves: pd.DataFrame) -> list[str]:
 
 def _power_table(power: pd.DataFrame) -> list[str]:
     lines = [
-        "| study | finding | min effect | sd per seed | sd per cluster | pilot | seeds needed "
+        "| study | finding | min effect | sd per seed | sd per cluster | measured at | seeds needed "
         "| clusters needed | MDE there |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
