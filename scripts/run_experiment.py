@@ -198,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
                 manifest[key] = before[key]
             manifest["tables_from_commit"] = commit
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {out.relative_to(ROOT)}: {manifest['generated']} texts in {manifest['minutes']} min")
+    print(
+        f"wrote {out.relative_to(ROOT)}: {manifest['generated']} texts in {manifest['minutes']} min"
+    )
     return 0
 
 
