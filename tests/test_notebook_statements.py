@@ -182,8 +182,9 @@ def test_08_sweeps_shows_the_method_without_verdicts(tmp_path) -> None:
     assert "8 runs x 3 iterations x 2 taverns" in text and "answered from earlier runs" in text
     assert "smoke-sized sweep" in text and "docs/experiments.md" in text
     # the smoke sweep (sections 1-6) prints no verdict; section 7 shows the committed full one
-    cut = next(i for i, c in enumerate(nb.cells) if c.source.startswith("## 7. The full"))
-    smoke = all_text({"cells": nb.cells[:cut]})
+    sources = ["".join(c["source"]) for c in nb["cells"]]  # a cell's source may be a list
+    cut = next(i for i, src in enumerate(sources) if src.startswith("## 7. The full"))
+    smoke = all_text({"cells": nb["cells"][:cut]})
     assert not re.search(r"reproduced|opposite|mixed \(", smoke), "a smoke sweep printed a verdict"
     full = load_results("full")
     assert f"the papers' claims: {full.verdicts('checks')}" in text
