@@ -233,9 +233,6 @@ ARM_COLORS = ("#000000", "#E69F00", "#56B4E9", "#009E73", "#CC79A7", "#D55E00", 
 
 def plot_arm_curves(curves: pd.DataFrame, path: Path | None = None, *, columns: int = 2) -> Figure:
     """One panel per metric, one line per arm with its 95 % band; writes a PNG when ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
