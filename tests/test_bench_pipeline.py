@@ -137,3 +137,36 @@ def test_unknown_benchmark_is_refused() -> None:
     assert proc.returncode != 0
     assert "unknown benchmark(s) 'nosuch'" in proc.stderr
     assert "loop_breakdown" in proc.stderr  # the message lists what exists
+
+
+def _clone_rows(totals: list[tuple[str, float, bool]]) -> pd.DataFrame:
+    rows = [{"mode": "cold 1", "item": "install (./kit.sh venv)", "seconds": 150.0, "ok": True}]
+    for mode, seconds, ok in totals:
+        rows.append(
+            {"mode": mode, "item": "total", "seconds": seconds, "ok": ok, "returncode": 0 if ok else 1,
+             "peak_tree_rss_mb": 1000.0, "peak_single_rss_mb": 900.0, "largest_process": "python",
+             "max_processes": 4, "waited_for_cpp_s": 0.0, "loadavg_after": 1.0,
+             "command": "./kit.sh run --run-id bench-main-job"}
+        )  # fmt: skip
+        rows.append({"mode": mode, "item": "01_start.ipynb", "seconds": seconds - 5, "ok": ok})
+    df = pd.DataFrame(rows)
+    df["quick"] = False
+    return df
+
+
+def test_main_job_target_is_the_mean_of_every_fresh_clone() -> None:
+    from bench import main_job
+
+    passing = _clone_rows([("cold 1", 250.0, True), ("cold 2", 280.0, True), ("cold 3", 310.0, True), ("warm", 90.0, True)])  # fmt: skip
+    text = main_job.markdown(passing)
+    assert "min 4.17, median 4.67, max 5.17 min; mean 4.67 min over 3 of 3 cold runs, PASS" in text
+    assert "| cold min s | cold median s | cold max s |" in text
+    # a failed clone is not averaged away: the target is not met
+    failing = _clone_rows(
+        [("cold 1", 250.0, True), ("cold 2", 20.0, False), ("cold 3", 260.0, True)]
+    )
+    assert main_job.cold_totals(failing) == [250.0, 260.0]
+    assert "over 2 of 3 cold runs, FAIL" in main_job.markdown(failing)
+    # slower on average than the target
+    slow = _clone_rows([("cold 1", 290.0, True), ("cold 2", 320.0, True), ("cold 3", 300.0, True)])
+    assert "mean 5.06 min over 3 of 3 cold runs, FAIL" in main_job.markdown(slow)
