@@ -132,6 +132,10 @@ class Settings:
     anthropic_base_url: str = ""
     server_start_timeout: float = 60.0
     claude_concurrency: int = 8  # Claude requests in flight at once in generate_many
+    # llama.cpp threads of the offline model. The texts do not depend on it (same seeds, same
+    # texts with 1 and 2 threads); 1 is faster where the other core is busy (the tests run two
+    # workers), see docs/benchmarks.md section 9.
+    local_threads: int = 2
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -167,6 +171,7 @@ class Settings:
             anthropic_base_url=_env("ANTHROPIC_BASE_URL", "", env),
             server_start_timeout=float(_int("GFL_SERVER_START_TIMEOUT", 60, env, minimum=1)),
             claude_concurrency=_int("GFL_CLAUDE_CONCURRENCY", 8, env, minimum=1),
+            local_threads=_int("GFL_LOCAL_THREADS", 2, env, minimum=1),
         )
 
     def replace(self, **changes: object) -> Settings:

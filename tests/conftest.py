@@ -11,6 +11,13 @@ The server tests start real servers (milvus-lite in-process, ``milvus-lite serve
 
 Both only judge servers started by this session (data under pytest's temporary root, or a
 descendant of pytest): other sessions on the same machine may run servers of their own.
+
+The suite runs on two pytest-xdist workers (``-n 2 --dist loadgroup`` in pyproject.toml; ``-n 0``
+runs it in one process). Most of its time is one Python process waiting on a notebook kernel, so
+the second core was idle. What must not overlap goes to one worker, in collection order
+(:func:`xdist_scope`): the committed notebooks under nbval (they share runs/ and its milvus-lite
+file) and every test that may start the article's C++ server (only one can run per machine).
+Every other test file stays whole on one worker, so its module fixtures are built once.
 """
 
 from __future__ import annotations
@@ -43,6 +50,42 @@ CPP_VERSION = "v2.3.5-lite"
 EXPECTED_VERSION = {"lite": LITE_VERSION, "lite-server": LITE_VERSION, "milvus": CPP_VERSION}
 
 _BASETEMP: list[Path] = []  # pytest's temporary root, where every test server keeps its data
+
+
+# --- two workers ---------------------------------------------------------------------------------
+
+ONE_AT_A_TIME = "one-at-a-time"  # the worker's share that must not overlap (see the docstring)
+
+
+def xdist_scope(nodeid: str) -> str:
+    """Which worker's share a test belongs to: :data:`ONE_AT_A_TIME` for a cell of a committed
+    notebook (nbval) and for a test that may start the article's C++ server (its backend
+    parameter is ``milvus``, or ``cpp`` is in its name); otherwise its file."""
+    path, _, rest = nodeid.partition("::")
+    params = rest[rest.find("[") :] if "[" in rest else ""
+    starts_cpp = "cpp" in rest.split("[")[0] or any(
+        p == "milvus" for p in params.strip("[]").split("-")
+    )
+    return ONE_AT_A_TIME if path.endswith(".ipynb") or starts_cpp else path
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """pytest-xdist's ``loadscope`` with :func:`xdist_scope` as the scope (its ``loadgroup``
+    marks do not reach the scheduler under pytest 9)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class OneAtATimeScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_scope(nodeid)
+
+    return OneAtATimeScheduling(config, log)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):
+        # Two workers share two cores: llama.cpp with one thread each (same texts, tested in
+        # tests/test_generators.py) instead of two threads waiting at each other's barriers.
+        os.environ.setdefault("GFL_LOCAL_THREADS", "1")
 
 
 # --- processes and ports -----------------------------------------------------------------------

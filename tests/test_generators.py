@@ -42,7 +42,7 @@ from helpers.generators import (
     make_generator,
     trim_to_last_sentence,
 )
-from helpers.settings import Settings
+from helpers.settings import Settings, SettingsError
 from tests import fake_anthropic as fa
 from tests.fake_anthropic import FAKE_KEY, TEST_MODEL
 
@@ -498,6 +498,29 @@ def test_local_seed_decides_sampled_text(local: LocalGenerator) -> None:
     first = run(1)
     assert run(1) == first
     assert any(run(seed) != first for seed in (2, 3))
+
+
+def test_local_threads_change_speed_not_texts(local: LocalGenerator, pony: Generation) -> None:
+    """GFL_LOCAL_THREADS is a speed setting: the same seed gives the same text with 2 threads as
+    with 1, so the tests (1 thread) check the texts the kit's default (2) writes."""
+    two = LocalGenerator(n_threads=2)
+    assert generate_description(two, *PRANCING_PONY, seed=42).text == pony.text
+    prompt = "Describe a cosy tavern in the Shire in three sentences."
+    for seed in (1, 2):
+        sampled = [
+            gen.generate(prompt, max_tokens=60, temperature=0.8, seed=seed).text
+            for gen in (local, two)
+        ]
+        assert sampled[0] == sampled[1]
+
+
+def test_local_threads_come_from_the_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    gen = make_generator(hermetic_settings(generator="local", local_threads=1), announce=None)
+    assert isinstance(gen, LocalGenerator) and gen.n_threads == 1
+    assert Settings.from_env({"GFL_LOCAL_THREADS": "3"}).local_threads == 3
+    assert Settings.from_env({}).local_threads == 2
+    with pytest.raises(SettingsError, match="GFL_LOCAL_THREADS"):
+        Settings.from_env({"GFL_LOCAL_THREADS": "0"})
 
 
 def test_local_model_is_loaded_once(local: LocalGenerator) -> None:

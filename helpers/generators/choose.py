@@ -51,7 +51,9 @@ def make_generator(
     if kind == "claude":
         generator = ClaudeGenerator.from_settings(settings, **(claude_options or {}))
     else:
-        options = {"default_seed": settings.seed, **(local_options or {})}
+        options = {
+            "default_seed": settings.seed, "n_threads": settings.local_threads, **(local_options or {})
+        }  # fmt: skip
         generator = LocalGenerator(**options)
     if announce is not None:
         announce(f"generator: {generator.name} {generator.model} ({why})")

@@ -1,0 +1,48 @@
+"""The suite's split over two pytest-xdist workers (tests/conftest.py): what must not overlap
+(the committed notebooks under nbval, anything that may start the one C++ server per machine)
+shares one worker's queue; every other test file stays whole."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import ONE_AT_A_TIME, xdist_scope
+
+
+@pytest.mark.parametrize(
+    "nodeid",
+    [
+        "notebooks/02_schema_and_collection.ipynb::Cell 0",
+        "notebooks/08_loop_policy_experiments.ipynb::Cell 25",
+        "tests/test_backends.py::test_course_runs_on_every_backend[milvus]",
+        "tests/test_notebooks.py::test_01_starts_and_stops_every_local_backend[milvus]",
+        "tests/test_schema.py::test_search_returns_the_nearest[milvus]",
+        "tests/test_schema.py::test_index_params[milvus-HNSW]",
+        "tests/test_milvus_server.py::test_cpp_second_server_while_another_process_runs_one",
+    ],
+)
+def test_what_must_not_overlap_shares_one_queue(nodeid: str) -> None:
+    assert xdist_scope(nodeid) == ONE_AT_A_TIME
+
+
+@pytest.mark.parametrize(
+    "nodeid,scope",
+    [
+        ("tests/test_backends.py::test_course_runs_on_every_backend[lite-server]", "tests/test_backends.py"),
+        ("tests/test_schema.py::test_search_returns_the_nearest[lite]", "tests/test_schema.py"),
+        ("tests/test_settings.py::test_backend_names[milvus_lite]", "tests/test_settings.py"),
+        ("tests/test_stats.py::test_holm", "tests/test_stats.py"),
+    ],
+)  # fmt: skip
+def test_every_other_test_stays_with_its_file(nodeid: str, scope: str) -> None:
+    assert xdist_scope(nodeid) == scope
+
+
+def test_every_collected_cpp_backend_test_is_in_the_serial_queue(
+    request: pytest.FixtureRequest,
+) -> None:
+    """Any collected test parametrized with the C++ backend lands in the serial queue."""
+    for item in request.session.items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and "milvus" in map(str, callspec.params.values()):
+            assert xdist_scope(item.nodeid) == ONE_AT_A_TIME, item.nodeid
