@@ -81,11 +81,21 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     return OneAtATimeScheduling(config, log)
 
 
+# Two workers share two cores: each worker, and every kernel and server it starts (they inherit
+# the environment), computes on one thread. Two processes with two threads each ran 4x slower
+# than alone (threads spinning at each other's barriers); with one thread each, 1.6x (measured:
+# docs/benchmarks.md, "The test suite"). Embeddings then differ in the 7th decimal (1.5e-7), and
+# llama.cpp writes the same texts (tests/test_generators.py).
+ONE_THREAD = {
+    "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+    "GFL_LOCAL_THREADS": "1",
+}  # fmt: skip
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if hasattr(config, "workerinput"):
-        # Two workers share two cores: llama.cpp with one thread each (same texts, tested in
-        # tests/test_generators.py) instead of two threads waiting at each other's barriers.
-        os.environ.setdefault("GFL_LOCAL_THREADS", "1")
+        for name, value in ONE_THREAD.items():
+            os.environ.setdefault(name, value)
 
 
 # --- processes and ports -----------------------------------------------------------------------

@@ -37,8 +37,8 @@ COURSE = [
     ("02_schema_and_collection.ipynb", {}),
     ("04_generate_and_insert.ipynb", {"N_TAVERNS": 3}),
     ("05_semantic_search.ipynb", {"N_TAVERNS": 3}),
-    # The local model here: resuming a Claude run fails in helpers.feedback_loop (model passed
-    # twice to ClaudeGenerator.from_settings), a bug of its own, reported.
+    # The local model here, so the offline generator runs on every backend too (a Claude loop
+    # and its resume are tested in tests/test_loop_generate_many.py).
     ("06_feedback_loop.ipynb", {"N_TAVERNS": 2, "ITERATIONS": 2, "MAX_TOKENS": 16,
                                 "GENERATOR": "local"}),
 ]  # fmt: skip
