@@ -33,6 +33,7 @@ ORDER = (
     "hybrid_search",
     "scaling",
     "memory",
+    "thread_contention",
     "server_lifecycle",
     "main_job",
 )

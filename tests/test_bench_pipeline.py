@@ -170,3 +170,22 @@ def test_main_job_target_is_the_mean_of_every_fresh_clone() -> None:
     # slower on average than the target
     slow = _clone_rows([("cold 1", 290.0, True), ("cold 2", 320.0, True), ("cold 3", 300.0, True)])
     assert "mean 5.06 min over 3 of 3 cold runs, FAIL" in main_job.markdown(slow)
+
+
+def test_thread_contention_summary_reads_the_pair_by_its_slower_process() -> None:
+    from bench import thread_contention
+
+    rows = [
+        (1, "default", 0, 4.0), (1, "1", 0, 8.0),
+        (2, "default", 0, 16.0), (2, "default", 1, 18.0), (2, "1", 0, 7.0), (2, "1", 1, 8.0),
+    ]  # fmt: skip
+    df = pd.DataFrame(
+        [{"repetition": 0, "processes": n, "threads": t, "process": i, "texts": 100,
+          "seconds": s, "loadavg": 1.0, "cpus": 2} for n, t, i, s in rows]
+    )  # fmt: skip
+    table = thread_contention.summary(df).set_index(["processes at once", "threads per process"])
+    throughput = table["throughput vs one default process"]
+    assert throughput[(1, "default")] == 1.0 and throughput[(1, "1")] == 0.5
+    assert throughput[(2, "default")] == round(2 * 4.0 / 18.0, 2)  # the pair ends at 18 s
+    assert throughput[(2, "1")] == 1.0  # two texts' worth in 8 s, as one alone in 4 s
+    assert "| processes at once |" in thread_contention.markdown(df)
