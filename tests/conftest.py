@@ -14,10 +14,11 @@ descendant of pytest): other sessions on the same machine may run servers of the
 
 The suite runs on two pytest-xdist workers (``-n 2 --dist loadgroup`` in pyproject.toml; ``-n 0``
 runs it in one process). Most of its time is one Python process waiting on a notebook kernel, so
-the second core was idle. What must not overlap goes to one worker, in collection order
-(:func:`xdist_scope`): the committed notebooks under nbval (they share runs/ and its milvus-lite
-file) and every test that may start the article's C++ server (only one can run per machine).
-Every other test file stays whole on one worker, so its module fixtures are built once.
+the second core was idle. What must not overlap joins one queue, run in order by one worker
+(:func:`xdist_scope`): every test that may start the article's C++ server (only one can run per
+machine) with the committed notebooks that depend on it or on each other; notebooks 03-05 are a
+second queue. Each worker's notebooks use a run folder of its own. Every other test file stays
+whole on one worker, so its module fixtures are built once.
 """
 
 from __future__ import annotations
@@ -55,18 +56,27 @@ _BASETEMP: list[Path] = []  # pytest's temporary root, where every test server k
 # --- two workers ---------------------------------------------------------------------------------
 
 ONE_AT_A_TIME = "one-at-a-time"  # the worker's share that must not overlap (see the docstring)
+# Committed notebooks that start no C++ server and read nothing another notebook made: nbval runs
+# them as a second queue, on whichever worker is free, in that worker's own run folder. The others
+# stay with the C++ tests: 01 starts the C++ server, and 07 measures the loop run 06 made.
+OWN_QUEUE_NOTEBOOKS = ("03_", "04_", "05_")
+NOTEBOOK_QUEUE = "notebooks-03-05"
 
 
 def xdist_scope(nodeid: str) -> str:
-    """Which worker's share a test belongs to: :data:`ONE_AT_A_TIME` for a cell of a committed
-    notebook (nbval) and for a test that may start the article's C++ server (its backend
-    parameter is ``milvus``, or ``cpp`` is in its name); otherwise its file."""
+    """Which worker's queue a test joins. Cells of notebooks 03-05 (nbval): :data:`NOTEBOOK_QUEUE`;
+    cells of the other notebooks, and tests that may start the article's C++ server (a backend
+    parameter ``milvus``, or ``cpp`` in the name): :data:`ONE_AT_A_TIME`; any other test: its
+    file. A queue runs in order on one worker."""
     path, _, rest = nodeid.partition("::")
+    if path.endswith(".ipynb"):
+        name = path.rsplit("/", 1)[-1]
+        return NOTEBOOK_QUEUE if name.startswith(OWN_QUEUE_NOTEBOOKS) else ONE_AT_A_TIME
     params = rest[rest.find("[") :] if "[" in rest else ""
     starts_cpp = "cpp" in rest.split("[")[0] or any(
         p == "milvus" for p in params.strip("[]").split("-")
     )
-    return ONE_AT_A_TIME if path.endswith(".ipynb") or starts_cpp else path
+    return ONE_AT_A_TIME if starts_cpp else path
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
@@ -96,6 +106,10 @@ def pytest_configure(config: pytest.Config) -> None:
     if hasattr(config, "workerinput"):
         for name, value in ONE_THREAD.items():
             os.environ.setdefault(name, value)
+        # Each worker's notebooks (nbval) keep their runs, Milvus data and caches in a run folder
+        # of the worker's own, fresh every session: two queues never share a milvus-lite file.
+        # xdist gives each worker its own pytest temporary root (".../popen-gw0").
+        os.environ["GFL_RUN_DIR"] = str(Path(config.option.basetemp) / "runs")
 
 
 # --- processes and ports -----------------------------------------------------------------------

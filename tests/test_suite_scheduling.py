@@ -1,18 +1,21 @@
 """The suite's split over two pytest-xdist workers (tests/conftest.py): what must not overlap
-(the committed notebooks under nbval, anything that may start the one C++ server per machine)
+(anything that may start the one C++ server per machine, with the notebooks that need their order)
 shares one worker's queue; every other test file stays whole."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.conftest import ONE_AT_A_TIME, xdist_scope
+from tests.conftest import NOTEBOOK_QUEUE, ONE_AT_A_TIME, xdist_scope
 
 
 @pytest.mark.parametrize(
     "nodeid",
     [
+        "notebooks/01_start_embedded_milvus.ipynb::Cell 0",
         "notebooks/02_schema_and_collection.ipynb::Cell 0",
+        "notebooks/06_feedback_loop.ipynb::Cell 3",
+        "notebooks/07_drift_and_distance.ipynb::Cell 1",
         "notebooks/08_loop_policy_experiments.ipynb::Cell 25",
         "tests/test_backends.py::test_course_runs_on_every_backend[milvus]",
         "tests/test_notebooks.py::test_01_starts_and_stops_every_local_backend[milvus]",
@@ -46,3 +49,8 @@ def test_every_collected_cpp_backend_test_is_in_the_serial_queue(
         callspec = getattr(item, "callspec", None)
         if callspec is not None and "milvus" in map(str, callspec.params.values()):
             assert xdist_scope(item.nodeid) == ONE_AT_A_TIME, item.nodeid
+
+
+@pytest.mark.parametrize("name", ["03_hnsw_index", "04_generate_and_insert", "05_semantic_search"])
+def test_notebooks_03_to_05_are_a_queue_of_their_own(name: str) -> None:
+    assert xdist_scope(f"notebooks/{name}.ipynb::Cell 4") == NOTEBOOK_QUEUE
