@@ -449,21 +449,33 @@ def run_waiting_for_cpp(
     timeout: float,
     attempts: int = 3,
 ) -> tuple[Any, float]:
-    """``run_sampled`` of ``python args`` with GFL_RUN_DIR=runs_root; when the command starts
-    the C++ server, wait for the machine's one slot first and retry a run that lost the race
-    for it. Returns the last result and the seconds spent waiting."""
+    """``python args`` with GFL_RUN_DIR=runs_root, through :func:`run_in_cpp_slot`."""
+    return run_in_cpp_slot(
+        python_command(*args), log=log, env=child_env(GFL_RUN_DIR=str(runs_root)),
+        needs_cpp=needs_cpp, timeout=timeout, attempts=attempts,
+    )  # fmt: skip
+
+
+def run_in_cpp_slot(
+    command: Sequence[str],
+    *,
+    log: Path,
+    env: Mapping[str, str],
+    needs_cpp: bool,
+    timeout: float,
+    attempts: int = 3,
+    cwd: Path = REPO_ROOT,
+) -> tuple[Any, float]:
+    """``run_sampled`` of ``command``; when the command starts the C++ server, wait for the
+    machine's one slot first and retry a run that lost the race for it. Returns the last result
+    and the seconds spent waiting."""
     waited = 0.0
     from helpers.servers.cpp import SLOT_BUSY_HINT, wait_for_cpp_slot
 
     for attempt in range(attempts):
         if needs_cpp:
             waited += wait_for_cpp_slot(900.0, on_wait=print)
-        result = run_sampled(
-            python_command(*args),
-            log=log,
-            env=child_env(GFL_RUN_DIR=str(runs_root)),
-            timeout=timeout,
-        )
+        result = run_sampled(command, log=log, env=env, cwd=cwd, timeout=timeout)
         if result.returncode == 0 or SLOT_BUSY_HINT not in result.log_tail(20_000):
             break
         print(f"attempt {attempt + 1}: another C++ Milvus server held the slot; retrying")

@@ -36,6 +36,7 @@ from bench.common import (
     loadavg,
     markdown_table,
     prepare_out_dir,
+    run_in_cpp_slot,
     run_sampled,
     run_waiting_for_cpp,
     verdict,
@@ -84,8 +85,6 @@ def _in_checkout(out: Path) -> list[dict[str, Any]]:
 
 
 def _fresh_clones(out: Path, clones: int) -> list[dict[str, Any]]:
-    from helpers.servers.cpp import SLOT_BUSY_HINT, wait_for_cpp_slot
-
     if _work_tree_differs():
         print("Note: the work tree has uncommitted changes; the clones measure HEAD.")
     env = {k: v for k, v in child_env().items() if k not in _NOT_INHERITED}
@@ -113,14 +112,10 @@ def _fresh_clones(out: Path, clones: int) -> list[dict[str, Any]]:
         modes = [f"cold {i}"] + (["warm"] if i == clones else [])
         for mode in modes:
             command = ["bash", "kit.sh", "run", "--run-id", RUN_ID]
-            waited = 0.0
-            for _ in range(LOCK_RETRIES):
-                waited += wait_for_cpp_slot(900.0, on_wait=print)
-                log = out / f"{NAME}_{mode.replace(' ', '_')}.log"
-                result = run_sampled(command, log=log, env=env, cwd=clone, timeout=TIMEOUT_S)
-                if result.returncode == 0 or SLOT_BUSY_HINT not in result.log_tail(20_000):
-                    break
-                print(f"{mode}: another C++ Milvus server held the slot; retrying")
+            result, waited = run_in_cpp_slot(
+                command, log=out / f"{NAME}_{mode.replace(' ', '_')}.log", env=env, cwd=clone,
+                needs_cpp=True, timeout=TIMEOUT_S, attempts=LOCK_RETRIES,
+            )  # fmt: skip
             rows += _rows(
                 mode, result, waited, clone / "runs" / RUN_ID, " ".join(["./kit.sh", *command[2:]])
             )

@@ -134,7 +134,7 @@ class Settings:
     claude_concurrency: int = 8  # Claude requests in flight at once in generate_many
     # llama.cpp threads of the offline model. The texts do not depend on it (same seeds, same
     # texts with 1 and 2 threads); 1 is faster where the other core is busy (the tests run two
-    # workers), see docs/benchmarks.md section 9.
+    # workers), see docs/benchmarks.md section 13.
     local_threads: int = 2
 
     @classmethod

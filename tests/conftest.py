@@ -12,7 +12,7 @@ The server tests start real servers (milvus-lite in-process, ``milvus-lite serve
 Both only judge servers started by this session (data under pytest's temporary root, or a
 descendant of pytest): other sessions on the same machine may run servers of their own.
 
-The suite runs on two pytest-xdist workers (``-n 2 --dist loadgroup`` in pyproject.toml; ``-n 0``
+The suite runs on two pytest-xdist workers (``-n 2 --dist loadscope`` in pyproject.toml, with the scheduler below; ``-n 0``
 runs it in one process). Most of its time is one Python process waiting on a notebook kernel, so
 the second core was idle. What must not overlap joins one queue, run in order by one worker
 (:func:`xdist_scope`): every test that may start the article's C++ server (only one can run per
@@ -92,9 +92,9 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
 
 
 # Two workers share two cores: each worker, and every kernel and server it starts (they inherit
-# the environment), computes on one thread. Two processes with two threads each ran 4x slower
-# than alone (threads spinning at each other's barriers); with one thread each, 1.6x (measured:
-# docs/benchmarks.md, "The test suite"). Embeddings then differ in the 7th decimal (1.5e-7), and
+# the environment), computes on one thread. Two processes with two threads each ran 4.7x slower
+# than one alone; with one thread each, 1.6x (bench/thread_contention.py, docs/benchmarks.md
+# section 13). Embeddings then differ in the 7th decimal (1.5e-7), and
 # llama.cpp writes the same texts (tests/test_generators.py).
 ONE_THREAD = {
     "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
