@@ -118,6 +118,11 @@ ensure_venv() {
   # another Python (papermill NoSuchKernel, docs/measured-facts.md).
   "$VENV/bin/python" -m ipykernel install --sys-prefix --name "$KERNEL_NAME" \
       --display-name "Python $v (gfl kit)" >/dev/null
+  # A fresh environment compiles pynndescent's numba functions on the first `import umap`
+  # (about 20 s on 2 cores; numba keeps them in the venv's __pycache__). Do it here, once, rather
+  # than in the middle of the first main job (docs/benchmarks.md section 1).
+  echo "kit.sh: compiling UMAP's numba code once (about 20 s)..." >&2
+  "$VENV/bin/python" -c 'import umap' 2>/dev/null || echo "kit.sh: 'import umap' failed; notebook 07 will show why." >&2
   echo "$want" > "$STAMP"
   echo "kit.sh: environment ready." >&2
 }

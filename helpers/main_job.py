@@ -34,18 +34,21 @@ from helpers.settings import (
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 KERNEL_NAME = "gfl-kit"
 
-# The default run finishes in a few minutes on 2 cores (docs/benchmarks.md): smaller versions
-# of the notebooks whose own parameters take longest. Notebook 06's loop is read again by 07,
-# so both get the same loop values.
-# its own run id: the committed ratings of notebook 06 (data/feedback/) are for its own run
+# The default run finishes in under 5 minutes on 2 cores (docs/benchmarks.md section 1):
+# smaller versions of the notebooks whose own parameters take longest. Notebook 05 reads back
+# notebook 04's descriptions, so both describe the same taverns; notebook 06's loop is read again
+# by 07, so both get the same loop values (and its own run id: the committed ratings of
+# notebook 06, data/feedback/, are for its own run).
 _QUICK_LOOP = {"N_TAVERNS": 3, "MAX_TOKENS": 60, "RUN_ID": "nb06-quick"}
+_QUICK_DESCRIPTIONS = {"N_TAVERNS": 4}
 QUICK_PARAMETERS: dict[str, dict[str, object]] = {
-    "03_hnsw_index.ipynb": {"CORPUS_SIZE": 1500, "N_QUERIES": 50},
-    "04_generate_and_insert.ipynb": {"N_TAVERNS": 6},
-    "05_semantic_search.ipynb": {"N_TAVERNS": 6},
+    "03_hnsw_index.ipynb": {"CORPUS_SIZE": 1000, "N_QUERIES": 50},
+    "04_generate_and_insert.ipynb": _QUICK_DESCRIPTIONS,
+    "05_semantic_search.ipynb": _QUICK_DESCRIPTIONS,
     "06_feedback_loop.ipynb": _QUICK_LOOP,
     "07_drift_and_distance.ipynb": _QUICK_LOOP,
-    "08_loop_policy_experiments.ipynb": {"MAX_TOKENS": 16, "CONTEXT_CHARS": 150},
+    # the four arms of the committed experiment, two seeds, short texts: a smoke sweep
+    "08_loop_policy_experiments.ipynb": {"MAX_TOKENS": 16, "CONTEXT_CHARS": 150, "SEEDS": [1, 2]},
 }
 # `--full`: every notebook with the values of its own parameters cell, except notebook 08,
 # whose own values are a small sweep (it is re-executed by the tests): the full experiment

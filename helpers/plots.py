@@ -390,6 +390,24 @@ def default_n_neighbors(n_points: int) -> int:
     return int(min(15, max(2, round(n_points**0.5))))
 
 
+def cosine_knn(vectors: Any, k: int) -> tuple[Any, Any]:
+    """Exact ``k`` nearest neighbours of every row by cosine distance, each row's own index
+    first (distance 0), as UMAP's ``precomputed_knn`` wants them: (int32 indices, float32
+    distances), both ``(n, k)``. Ties are broken by the lower index, so the graph is the same
+    on every machine."""
+    import numpy as np
+
+    x = np.asarray(vectors, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    unit = x / np.where(norms == 0, 1.0, norms)
+    distances = np.clip(1.0 - unit @ unit.T, 0.0, 2.0)
+    np.fill_diagonal(distances, -1.0)  # each point is its own first neighbour
+    order = np.argsort(distances, axis=1, kind="stable")[:, :k]
+    knn = np.take_along_axis(distances, order, axis=1)
+    knn[:, 0] = 0.0
+    return order.astype(np.int32), knn.astype(np.float32)
+
+
 def umap_coordinates(
     vectors: Any,
     *,
@@ -399,9 +417,12 @@ def umap_coordinates(
 ) -> Any:
     """2-D UMAP coordinates (cosine metric, fixed ``random_state``: the same picture every run).
 
-    Timing, measured on 2 cores: ``import umap`` ~2.5 s; the *first* fit in a process ~10-14 s,
-    almost all numba compiling UMAP's layout code (not cached on disk); later fits of 50-300
-    points take 0.1-0.6 s. Fewer than 4 points cannot be laid out (ValueError).
+    The neighbour graph is computed here, exactly, with numpy (:func:`cosine_knn`) and handed to
+    UMAP as ``precomputed_knn``: for fewer than 4,096 points UMAP would compute the same exact
+    graph itself, but through numba functions compiled anew in every process (about 11 s of the
+    first fit on 2 cores, docs/benchmarks.md section 1). What remains is compiled on the first
+    fit (~6 s) and by ``import umap`` in a fresh environment (~20 s, once: ``./kit.sh venv``
+    does it during the install). Fewer than 4 points cannot be laid out (ValueError).
     """
     import warnings
 
@@ -415,16 +436,20 @@ def umap_coordinates(
         raise ValueError(f"n_neighbors must be from 2 to {len(x) - 1}, got {n_neighbors}.")
     import umap
 
-    reducer = umap.UMAP(
-        n_neighbors=n_neighbors,
-        min_dist=min_dist,
-        metric="cosine",
-        random_state=random_state,
-        n_jobs=1,  # a fixed random_state forces one thread anyway; saying so silences a warning
-        init="spectral" if len(x) > 30 else "random",  # spectral init fails on tiny graphs
-    )
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*(n_jobs|gradient function|Spectral).*")
+        # n_jobs: see below; precomputed_knn: "transform will be unavailable" (it is not used)
+        warnings.filterwarnings(
+            "ignore", message=".*(n_jobs|gradient function|Spectral|precomputed_knn).*"
+        )
+        reducer = umap.UMAP(
+            n_neighbors=n_neighbors,
+            min_dist=min_dist,
+            metric="cosine",
+            random_state=random_state,
+            n_jobs=1,  # a fixed random_state forces one thread anyway; saying so silences a warning
+            init="spectral" if len(x) > 30 else "random",  # spectral init fails on tiny graphs
+            precomputed_knn=(*cosine_knn(x, n_neighbors), None),
+        )
         return reducer.fit_transform(x)
 
 

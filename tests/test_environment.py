@@ -92,6 +92,22 @@ def test_kit_does_not_reinstall_a_current_venv() -> None:
     assert "installing" not in out.stderr, out.stderr
 
 
+def test_the_install_compiled_umaps_numba_code() -> None:
+    """`./kit.sh venv` imports umap once, so pynndescent's numba functions are compiled into
+    the venv (about 20 s) during the install, not during the first main job's notebook 07."""
+    if not (ROOT / ".venv" / ".kit-stamp").exists():
+        import pytest
+
+        pytest.skip("not running from the kit's own .venv")
+    import pynndescent
+
+    # written before the stamp, which kit.sh writes last: by the install, not by a test since
+    stamped = (ROOT / ".venv" / ".kit-stamp").stat().st_mtime
+    cache = Path(pynndescent.__file__).parent / "__pycache__"
+    by_install = [f for f in cache.glob("*.nbi") if f.stat().st_mtime <= stamped]
+    assert len(by_install) >= 10, f"the install left no numba cache in {cache}"
+
+
 def test_kit_rejects_an_unknown_command() -> None:
     out = subprocess.run(
         ["bash", str(ROOT / "kit.sh"), "frobnicate"], capture_output=True, text=True

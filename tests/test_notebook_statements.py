@@ -128,6 +128,11 @@ def test_04_generates_stores_and_counts_the_cut_descriptions(tmp_path) -> None:
     claims = claims_of(tmp_path / "run", "04", nb)
     assert by_what(claims, "descriptions reached the cap of 40 tokens")["whole"] == 3
     assert by_what(claims, "mean words per generated description")["kind"] == "compare"
+    # notebook 05 at the same cap reads these descriptions back instead of writing them again
+    nb = execute("05_semantic_search.ipynb", tmp_path, N_TAVERNS=3, GENERATOR="local",
+                 MAX_TOKENS=40, N_BOOT=200)  # fmt: skip
+    assert "3 descriptions: 0 generated, 3 read back from the run folder" in all_text(nb)
+    assert len(cache[0].read_text().splitlines()) == 3
 
 
 def _metrics(run_dir: Path, run_id: str) -> pd.DataFrame:

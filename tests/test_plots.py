@@ -3,6 +3,7 @@ notebook width and labels its axes; fed with the tables of a tiny real loop run.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display in CI; must come before pyplot is imported
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.figure import Figure
@@ -84,7 +86,11 @@ def test_umap_figure(tiny_loop: TinyLoop, tmp_path: Path) -> None:
     title = fig.axes[0].get_title()
     assert "9 descriptions" in title and "random_state=42" in title
     # a fixed random_state gives the same layout again (reproducible figures)
-    a = plots.umap_coordinates(tiny_loop.vectors)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        a = plots.umap_coordinates(tiny_loop.vectors)
+    # a warning would print the venv's path into a notebook's committed output
+    assert not [str(w.message) for w in caught if "umap" in w.filename], caught
     b = plots.umap_coordinates(tiny_loop.vectors)
     assert a.shape == (9, 2) and (a == b).all()
     # precomputed coordinates skip the fit
@@ -117,6 +123,26 @@ def test_figures_refuse_the_wrong_table(tiny_loop: TinyLoop) -> None:
         plots.umap_coordinates(tiny_loop.vectors[:3])
     with pytest.raises(ValueError, match="n_neighbors"):
         plots.umap_coordinates(tiny_loop.vectors, n_neighbors=9)
+
+
+def test_cosine_knn_is_the_exact_neighbour_graph() -> None:
+    """The graph handed to UMAP equals a brute-force cosine search (scikit-learn's), each
+    point first in its own row at distance 0."""
+    from sklearn.neighbors import NearestNeighbors
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(40, 16)).astype(np.float32)
+    indices, distances = plots.cosine_knn(x, 5)
+    assert indices.shape == distances.shape == (40, 5)
+    assert indices.dtype == np.int32 and distances.dtype == np.float32
+    assert (indices[:, 0] == np.arange(40)).all() and (distances[:, 0] == 0).all()
+    brute = NearestNeighbors(n_neighbors=5, metric="cosine", algorithm="brute").fit(x)
+    want_dist, want_idx = brute.kneighbors(x)
+    assert (indices == want_idx).all()
+    np.testing.assert_allclose(distances[:, 1:], want_dist[:, 1:], atol=1e-5)
+    # a zero vector (an empty text's embedding would be one) gives distances, not NaN
+    x[7] = 0
+    assert np.isfinite(plots.cosine_knn(x, 5)[1]).all()
 
 
 def test_default_n_neighbors() -> None:
