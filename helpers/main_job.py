@@ -112,14 +112,30 @@ def run_notebook(
     output = out_dir / notebook.name
     params = {"RUN_DIR": str(run_dir), **(extra or {})}
     start = time.perf_counter()
-    try:
-        pm.execute_notebook(
-            str(notebook), str(output), parameters=params, kernel_name=kernel_name,
-            cwd=str(NOTEBOOK_DIR), progress_bar=False, log_output=False, config=IPC_KERNELS,
-        )  # fmt: skip
-    except Exception as exc:  # papermill raises PapermillExecutionError with the cell's traceback
-        return NotebookResult(notebook.name, output, time.perf_counter() - start, False, str(exc))
+    for attempt in (1, 2):
+        try:
+            pm.execute_notebook(
+                str(notebook), str(output), parameters=params, kernel_name=kernel_name,
+                cwd=str(NOTEBOOK_DIR), progress_bar=False, log_output=False, config=IPC_KERNELS,
+                start_timeout=KERNEL_START_TIMEOUT_S,
+            )  # fmt: skip
+        except Exception as exc:  # PapermillExecutionError carries the cell's traceback
+            if attempt == 1 and _kernel_never_started(exc):
+                continue  # no cell ran: start a new kernel once (seen once in a CI run)
+            seconds = time.perf_counter() - start
+            return NotebookResult(notebook.name, output, seconds, False, str(exc))
+        break
     return NotebookResult(notebook.name, output, time.perf_counter() - start, True)
+
+
+# papermill's own default is 60 s; a kernel that has not answered by then has hung
+KERNEL_START_TIMEOUT_S = 120
+
+
+def _kernel_never_started(exc: Exception) -> bool:
+    """The kernel did not answer its first request (nbclient's wording), so no cell ran and the
+    notebook can be started again from the top."""
+    return "Kernel didn't respond" in str(exc) or "Kernel died before replying" in str(exc)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,3 +54,12 @@ def test_every_collected_cpp_backend_test_is_in_the_serial_queue(
 @pytest.mark.parametrize("name", ["03_hnsw_index", "04_generate_and_insert", "05_semantic_search"])
 def test_notebooks_03_to_05_are_a_queue_of_their_own(name: str) -> None:
     assert xdist_scope(f"notebooks/{name}.ipynb::Cell 4") == NOTEBOOK_QUEUE
+
+
+def test_a_kernel_that_never_answered_is_started_again_but_a_failed_cell_is_not() -> None:
+    """run_notebook retries only when no cell ran (nbclient's start-up errors)."""
+    from helpers.main_job import _kernel_never_started
+
+    assert _kernel_never_started(RuntimeError("Kernel didn't respond in 60 seconds"))
+    assert _kernel_never_started(RuntimeError("Kernel died before replying to kernel_info"))
+    assert not _kernel_never_started(RuntimeError("An error occurred while executing cell 3"))
