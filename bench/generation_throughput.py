@@ -1,7 +1,7 @@
 """Generation throughput: where a generation's seconds go, and what batching and a prompt diet buy.
 
 Why: generation is 98-99 % of a loop iteration (docs/benchmarks.md), so its speed sets the size
-of every experiment. Four parts, each ``python -m bench.generation_throughput PART``:
+of every experiment. Six parts, each ``python -m bench.generation_throughput PART``:
 
 * ``claude``: one iteration (47 requests) through :meth:`ClaudeGenerator.generate_many` against
   the loopback Messages API (tests/fake_anthropic.py) answering after 1-2 s, at concurrency 1
@@ -13,12 +13,15 @@ of every experiment. Four parts, each ``python -m bench.generation_throughput PA
   FLOPs per token ~ 2 x 135M parameters against a numpy float32 matmul GFLOP/s probe, and the
   bytes of the weights read per decoded token against a memory-copy GB/s probe.
 * ``batching``: the same loop prompts one after another vs llama.cpp's multi-sequence batching
-  (one ``handle_completions`` call with the prompts as a list, ``n_parallel`` slots): seconds per
-  generation, and whether the texts equal the sequential ones and a second identical batch.
-  Then the fixed instruction first with ``cache_prompt``: seconds saved, texts reproducible?
-* ``diet``: seconds per generation and the evaluator's offline scores (fact coverage,
-  similarity to the human reference, distinct-2 as the inverse of repetition) over a small grid
-  of instruction length, k and context_chars, with several seeds, on a handful of taverns.
+  (``n_parallel`` slots), vs 2 single-thread workers side by side, vs the prompt cache with the
+  fixed words first: seconds per generation and how many texts equal the reference.
+* ``diet``: seconds per generation, llama.cpp's prompt/decode split and the evaluator's offline
+  scores (fact coverage, similarity to the human reference, distinct-2 as the inverse of
+  repetition) over a grid of intro, k, context_chars and max_tokens, 3 seeds x 8 taverns, with
+  each point's paired differences from today's default and the choice rule
+  (:func:`diet_verdicts`).
+* ``goal``: the real loop, 47 taverns, 2 iterations, as it was and at the new defaults, side by
+  side in one process, then Claude's 47 requests at concurrency 1 and 8.
 
 Run them niced on a shared machine; every row carries the 1-minute load average.
 """
@@ -26,7 +29,6 @@ Run them niced on a shared machine; every row carries the 1-minute load average.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import loadavg, markdown_table, prepare_out_dir, write_csv
+from bench.generation_quality import diet, diet_summary, diet_verdicts, goal
 
 N_CLAUDE = 47
 PARAMS_135M = 134.5e6  # SmolLM2-135M's parameters
@@ -236,67 +239,93 @@ def _server(n_parallel: int, threads: int, n_ctx_per_slot: int = 4096) -> Any:
     return xlc.Server(params)
 
 
-def batching(
-    n: int = 6, max_tokens: int = 40, n_parallel: int = 8, threads: int = 1
-) -> list[dict[str, Any]]:
-    """Sequential vs one multi-sequence ``handle_completions`` call, on the same llama.cpp server
-    and the same raw (chat-templated) prompts; then the instruction first with the prompt cache
-    through :class:`LocalGenerator`."""
-    from helpers.generators import LocalGenerator
+def batching(n: int = 8, max_tokens: int = 230, threads: int = 2) -> list[dict[str, Any]]:
+    """Ways to run an iteration's generations together, against one after another, at the
+    loop's real later-iteration prompts (k 3, contexts of 600 characters), 230 output tokens,
+    temperature 0.8, seed 42, repeat penalty 1.15:
+
+    * llama.cpp's multi-sequence batching: one ``handle_completions`` call with ``n_parallel``
+      prompts (1, 4, 8 slots) on one ``threads``-thread server, the chat template applied by hand;
+    * workers: :meth:`LocalGenerator.generate_many` with 2 single-thread model instances side by
+      side (each request alone in its context), against one 2-thread and one 1-thread instance;
+    * the prompt cache with the fixed words first (the task before the context), on a fresh
+      server, so only the prefix shared by different taverns' prompts can be reused.
+
+    Every row says how many texts equal the reference named in its mode."""
+    from helpers.generators import GenerationRequest, LocalGenerator
 
     taverns, contexts = loop_taverns_and_contexts(n, 3)
-    prompts = [prompt(t, c, context_chars=600) for t, c in zip(taverns, contexts, strict=True)]
+    pairs = list(zip(taverns, contexts, strict=True))
+    prompts = [prompt(t, c, context_chars=600, long_contexts=True) for t, c in pairs]
     raw = [_chat_template(p) for p in prompts]
-    server = _server(n_parallel, threads)
     request = {"max_tokens": max_tokens, "temperature": 0.8, "seed": 42,
                "repeat_penalty": 1.15, "cache_prompt": False}  # fmt: skip
-    server.handle_completions({**request, "prompt": "Hello", "max_tokens": 2})  # warm-up
     rows: list[dict[str, Any]] = []
+    texts_of: dict[str, list[str]] = {}
 
-    def row(
-        mode: str, seconds: float, texts: list[str], ref: list[str] | None, **extra: Any
-    ) -> None:
-        same = None if ref is None else sum(a == b for a, b in zip(texts, ref, strict=True))
+    def row(mode: str, seconds: float, texts: list[str], ref: str | None, **extra: Any) -> None:
+        texts_of[mode] = texts
+        same = None
+        if ref is not None:
+            same = sum(a == b for a, b in zip(texts, texts_of[ref], strict=True))
         rows.append(
             {
-                "part": "batching", "mode": mode, "generations": len(texts),
-                "s_per_generation": seconds / len(texts), "same_as_reference": same,
+                "part": "batching", "mode": mode, "reference": ref or "", "generations": len(texts),
+                "s_per_generation": round(seconds / len(texts), 3), "same_as_reference": same,
                 "loadavg": loadavg()[0], **extra,
             }
         )  # fmt: skip
 
-    start = time.perf_counter()
-    seq = [_texts(server.handle_completions({**request, "prompt": r}))[0] for r in raw]
-    row("sequential, one prompt per call", time.perf_counter() - start, seq, None)
-    first_batch: list[str] = []
-    for attempt in (1, 2):
-        start = time.perf_counter()
-        texts = _texts(server.handle_completions({**request, "prompt": raw}))
-        first_batch = first_batch or texts
-        row(f"one call, {n} prompts, n_parallel {n_parallel}, run {attempt} (ref: sequential)",
-            time.perf_counter() - start, texts, seq,
-            same_as_first_batch=sum(a == b for a, b in zip(texts, first_batch, strict=True)))  # fmt: skip
+    def warm(server: Any) -> Any:
+        server.handle_completions({**request, "prompt": "Hello", "max_tokens": 2})
+        return server
 
-    # the fixed instruction first, through the generator: prompt cache off, then on (twice)
-    gen = LocalGenerator(n_threads=threads)
+    requests = [GenerationRequest(p, max_tokens, 0.8, 42) for p in prompts]
+    reference = f"one after another, {threads} threads"
+
+    def through(n_threads: int, workers: int, mode: str, ref: str | None) -> None:
+        gen = LocalGenerator(n_threads=n_threads, workers=workers)
+        gen.generate_many([GenerationRequest("Hello", 2, 0.0, 1)] * workers)  # load, warm
+        start = time.perf_counter()
+        texts = [g.text for g in gen.generate_many(requests)]
+        row(mode, time.perf_counter() - start, texts, ref)
+
+    through(threads, 1, reference, None)  # LocalGenerator.generate_many, one instance
+    for slots in (4, 8):
+        server = warm(_server(slots, threads))
+        start = time.perf_counter()
+        texts: list[str] = []
+        for i in range(0, n, slots):
+            texts += _texts(server.handle_completions({**request, "prompt": raw[i : i + slots]}))
+        row(f"multi-sequence batches of {slots}, {threads} threads",
+            time.perf_counter() - start, texts, reference)  # fmt: skip
+        del server
+    through(1, 1, "one after another, 1 thread", reference)
+    through(1, 2, "2 workers of 1 thread side by side", "one after another, 1 thread")
+
     first = [
-        prompt(t, c, context_chars=600, instruction_first=True)
-        for t, c in zip(taverns, contexts, strict=True)
+        prompt(t, c, context_chars=600, long_contexts=True, instruction_first=True)
+        for t, c in pairs
     ]
-    cache_off: list[str] = []
-    for cache in (False, True):
-        gen.cache_prompt = cache
+    for cache in (False, True):  # a fresh model each time: only shared prefixes can be reused
+        from helpers.generators import local as local_module
+
+        local_module._SERVERS.clear()
+        gen = LocalGenerator(n_threads=threads, cache_prompt=cache)
+        gen.generate("Hello", max_tokens=2, temperature=0.0, seed=1)
         start = time.perf_counter()
         texts, prompt_ms, cached = [], 0.0, 0
         for p in first:
             texts.append(gen.generate(p, max_tokens=max_tokens, temperature=0.8, seed=42).text)
             prompt_ms += gen.last_timings.get("prompt_ms", 0.0)
             cached += int(gen.last_timings.get("cache_n", 0))
-        cache_off = cache_off or texts
-        row(f"instruction first, cache_prompt {cache} (ref: cache off)",
-            time.perf_counter() - start, texts, cache_off, prompt_s=prompt_ms / 1e3,
-            cached_tokens=cached)  # fmt: skip
-    gen.cache_prompt = False
+        row(f"task first, prompt cache {'on' if cache else 'off'}", time.perf_counter() - start,
+            texts, None if not cache else "task first, prompt cache off",
+            prompt_s=round(prompt_ms / 1e3, 2), cached_tokens=cached)  # fmt: skip
+    local_module._SERVERS.clear()
+    base = rows[0]["s_per_generation"]
+    for r in rows:
+        r["speedup_vs_first_row"] = round(base / r["s_per_generation"], 3)
     return rows
 
 
@@ -318,83 +347,9 @@ def _chat_template(text: str) -> str:
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# The prompt diet
-
-
-DIET_GRID = (  # (intro, k, context_chars); the first is today's default
-    ("full", 3, 600),
-    ("full", 3, 300),
-    ("short", 2, 300),
-)
-
-
-def diet(
-    n_taverns: int = 2,
-    seeds: Sequence[int] = (1, 2),
-    grid: Sequence[tuple] = DIET_GRID,
-    max_tokens: int = 120,
-    threads: int = 1,
-    partial: Path | None = None,
-) -> list[dict[str, Any]]:
-    from helpers.embeddings import encode_documents
-    from helpers.evaluation import Evaluator
-    from helpers.generators import LocalGenerator
-
-    gen = LocalGenerator(n_threads=threads)
-    gen.generate("Hello", max_tokens=4, temperature=0.0, seed=1)
-    evaluator = Evaluator()
-    taverns, contexts = loop_taverns_and_contexts(n_taverns, max(k for _, k, _ in grid))
-    refs = encode_documents([t["description"] for t in taverns])
-    rows = []
-    for seed in seeds:
-        for intro, k, chars in grid:
-            for tavern, ctx, ref in zip(taverns, contexts, refs, strict=True):
-                p = prompt(tavern, ctx[:k], context_chars=chars, intro=intro, long_contexts=True)
-                load = loadavg()[0]
-                g = gen.generate(p, max_tokens=max_tokens, temperature=0.8, seed=seed)
-                scores = evaluator.offline_scores(
-                    g.text, tavern, reference_vector=ref,
-                    context_texts=[c["description"] for c in ctx[:k]],
-                )  # fmt: skip
-                rows.append(
-                    {
-                        "part": "diet", "n_threads": threads, "intro": intro, "k": k, "context_chars": chars,
-                        "seed": seed, "tavern_id": tavern["tavern_id"],
-                        "prompt_tokens": g.input_tokens, "output_tokens": g.output_tokens,
-                        "seconds": g.latency_s, "coverage": scores["coverage"],
-                        "reference_similarity": scores["reference_similarity"],
-                        "distinct_2": scores["distinct_2"], "copy_share": scores["copy_share"],
-                        "auto_score": scores["auto_score"], "loadavg": load,
-                    }
-                )  # fmt: skip
-                if partial is not None:  # a long run interrupted still leaves its rows
-                    with partial.open("a", encoding="utf-8") as f:
-                        f.write(json.dumps(rows[-1]) + "\n")
-    return rows
-
-
-# ---------------------------------------------------------------------------------------------
-
-
-def diet_summary(df: Any) -> Any:
-    """Per grid point: mean seconds and scores over taverns and seeds, and the seed-to-seed
-    spread (max - min over seeds of the per-seed mean) of each score."""
-    keys = ["intro", "k", "context_chars"]
-    metrics = ["seconds", "coverage", "reference_similarity", "distinct_2", "auto_score"]
-    per_seed = df.groupby([*keys, "seed"], sort=False)[metrics].mean().reset_index()
-    mean = per_seed.groupby(keys, sort=False)[metrics].mean()
-    spread = per_seed.groupby(keys, sort=False)[metrics].agg(lambda x: x.max() - x.min())
-    out = mean.join(spread.add_suffix("_spread")).reset_index()
-    tokens = df.groupby(keys, sort=False)["prompt_tokens"].mean().reset_index(drop=True)
-    out.insert(3, "prompt_tokens", tokens)
-    out["speedup"] = out["seconds"].iloc[0] / out["seconds"]
-    return out
-
-
 PARTS = {
     "claude": claude_concurrency, "threads": threads, "split": split, "batching": batching,
-    "diet": diet,
+    "diet": diet, "goal": goal,
 }  # fmt: skip
 
 
@@ -412,6 +367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = prepare_out_dir(args.out)
     options: dict[str, Any] = {"threads": args.threads} if args.threads else {}
+    if args.part == "goal":
+        options["out"] = Path(out)
     if args.part == "diet":
         options["partial"] = Path(out) / "generation_diet.partial.jsonl"
     if args.part in ("claude", "threads"):
@@ -423,6 +380,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(markdown_table(df, shown))
     if args.part == "diet":
         print("\n" + markdown_table(diet_summary(df)))
+        verdicts = diet_verdicts(df)
+        write_csv(verdicts, Path(out), "generation_diet_verdicts")
+        print("\n" + markdown_table(verdicts))
     print(f"\nCSV: {Path(out) / f'generation_{args.part}.csv'}")
     return 0
 

@@ -9,6 +9,7 @@ already generated.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -49,8 +50,9 @@ def generate_descriptions(
     rows = []
     records = list(taverns.itertuples())
     bar = tqdm(total=len(records), desc="generating", unit="tavern", disable=not progress)
-    # Batches through generate_many: Claude answers a batch concurrently, the local model one by
-    # one; the bar moves per batch, and each finished batch is on disk (the cache) at once.
+    # Batches through generate_many: Claude answers a batch concurrently, the local model on its
+    # workers; the bar moves per batch, and each finished batch is on disk (the cache) at once.
+    clock = time.perf_counter()
     for start in range(0, len(records), BATCH):
         batch = records[start : start + BATCH]
         requests = [
@@ -89,8 +91,8 @@ def generate_descriptions(
     if progress and len(frame):
         fresh = frame[~frame["cached"]]
         log.info(
-            "%d descriptions: %d generated in %.0f s, %d read back from %s",
-            len(frame), len(fresh), fresh["seconds"].sum(), len(frame) - len(fresh),
+            "%d descriptions: %d generated in %.0f s (wall clock), %d read back from %s",
+            len(frame), len(fresh), time.perf_counter() - clock, len(frame) - len(fresh),
             cached_gen.path.name,
         )  # fmt: skip
     return frame

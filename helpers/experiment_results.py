@@ -57,6 +57,8 @@ CURVE_METRICS: dict[str, str] = {
     "over_representation": "over-representation (top-3)",
     "human_percentile": "human text's rank percentile",
     "context_own_share": "context from the tavern itself",
+    "perplexity": "perplexity under SmolLM2",
+    "within_tavern_spread": "spread within a tavern (4 samples)",
 }
 
 

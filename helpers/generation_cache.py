@@ -73,6 +73,10 @@ class CachedGenerator:
         return self.inner.usage
 
     @property
+    def text_settings(self) -> dict[str, Any] | None:
+        return getattr(self.inner, "text_settings", None)
+
+    @property
     def description_max_tokens(self) -> int:
         return self.inner.description_max_tokens
 
@@ -86,9 +90,12 @@ class CachedGenerator:
     def key(
         self, prompt: str, *, system: str | None, max_tokens: int, temperature: float, seed: int
     ) -> str:
+        # the settings that decide a text besides the request (the local model's threads)
+        settings = getattr(self.inner, "text_settings", None)
         raw = json.dumps(
             [self.inner.name, self.inner.model, prompt, system, int(max_tokens),
-             float(temperature), int(seed)]
+             float(temperature), int(seed), *([settings] if settings else [])],
+            sort_keys=True,
         )  # fmt: skip
         return hashlib.sha256(raw.encode()).hexdigest()
 

@@ -91,10 +91,11 @@ def gguf_tokenizer(path: str) -> Any:
 
 
 def token_logprobs(
-    text: str, *, prefix: str = DEFAULT_PREFIX, generator: Any = None
+    text: str, *, prefix: str = DEFAULT_PREFIX, generator: Any = None, server: Any = None
 ) -> list[float]:
     """Log probability of each token of ``text`` after ``prefix`` under the local model
-    (``generator``: a :class:`helpers.generators.LocalGenerator`; default a new one)."""
+    (``generator``: a :class:`helpers.generators.LocalGenerator`; default a new one; ``server``:
+    one of its workers' llama.cpp servers, default its first)."""
     if not text.strip():
         raise PerplexityError("An empty text has no perplexity.")
     if generator is None:
@@ -115,7 +116,7 @@ def token_logprobs(
         "cache_prompt": False,
         "seed": 0,
     }
-    result = generator._server.handle_completions(request)
+    result = (server or generator._server).handle_completions(request)
     try:
         choice = result["choices"][0]
         content = choice["logprobs"]["content"]
@@ -128,7 +129,9 @@ def token_logprobs(
     return [float(c["logprob"]) for c in content]
 
 
-def perplexity(text: str, *, prefix: str = DEFAULT_PREFIX, generator: Any = None) -> float:
+def perplexity(
+    text: str, *, prefix: str = DEFAULT_PREFIX, generator: Any = None, server: Any = None
+) -> float:
     """``exp(-mean log p)`` of the text's tokens after ``prefix`` (module docstring)."""
-    logprobs = token_logprobs(text, prefix=prefix, generator=generator)
+    logprobs = token_logprobs(text, prefix=prefix, generator=generator, server=server)
     return math.exp(-sum(logprobs) / len(logprobs))

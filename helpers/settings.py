@@ -132,10 +132,13 @@ class Settings:
     anthropic_base_url: str = ""
     server_start_timeout: float = 60.0
     claude_concurrency: int = 8  # Claude requests in flight at once in generate_many
-    # llama.cpp threads of the offline model. The texts do not depend on it (same seeds, same
-    # texts with 1 and 2 threads); 1 is faster where the other core is busy (the tests run two
-    # workers), see docs/benchmarks.md section 13.
-    local_threads: int = 2
+    # llama.cpp threads of each offline model instance. Part of what fixes a text: a loop-sized
+    # prompt gives another text with 2 threads than with 1 (docs/benchmarks.md section 9).
+    local_threads: int = 1
+    # Offline model instances generate_many runs side by side (each text alone in its context,
+    # so the texts do not depend on it): 2 x 1 thread made 1.29x the texts per second of one
+    # 2-thread instance on two cores (docs/benchmarks.md section 9).
+    local_workers: int = 2
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -171,7 +174,8 @@ class Settings:
             anthropic_base_url=_env("ANTHROPIC_BASE_URL", "", env),
             server_start_timeout=float(_int("GFL_SERVER_START_TIMEOUT", 60, env, minimum=1)),
             claude_concurrency=_int("GFL_CLAUDE_CONCURRENCY", 8, env, minimum=1),
-            local_threads=_int("GFL_LOCAL_THREADS", 2, env, minimum=1),
+            local_threads=_int("GFL_LOCAL_THREADS", 1, env, minimum=1),
+            local_workers=_int("GFL_LOCAL_WORKERS", 2, env, minimum=1),
         )
 
     def replace(self, **changes: object) -> Settings:

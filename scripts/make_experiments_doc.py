@@ -234,6 +234,7 @@ def _section(folder: Path) -> list[str]:
             f"arm's last iteration; every iteration is in `docs/results/{folder.name}/curves.csv`.",
             "",
             *_curves_table(curves),
+            *_extras(folder, curves),
         ]
     if (folder / "power.csv").is_file():
         power = pd.read_csv(folder / "power.csv")
@@ -250,6 +251,55 @@ def _section(folder: Path) -> list[str]:
             "",
             *_power_table(power),
         ]
+    return lines
+
+
+EXTRAS = {  # metric -> (unit table, what it is)
+    "perplexity": ("units_perplexity.csv", "perplexity of each generated text under the frozen "
+                   "SmolLM2 (`helpers/perplexity.py`: the mean negative log-probability of its "
+                   "tokens after a fixed one-line prefix, exponentiated)"),
+    "within_tavern_spread": ("units_spread.csv", "spread within a tavern: each ledgered "
+                             "generation's own prompt sampled 3 more times with other seeds, "
+                             "and the mean pairwise cosine distance of the 4 texts "
+                             "(`helpers/text_samples.py`, `helpers/paper_metrics.py`)"),
+}  # fmt: skip
+
+
+def _extras(folder: Path, curves: pd.DataFrame) -> list[str]:
+    """Perplexity and within-tavern spread (``--extras``): how they were computed, read from
+    their unit tables, and each arm's value at the iterations they cover, from ``curves``."""
+    lines: list[str] = []
+    for metric, (file, what) in EXTRAS.items():
+        if not (folder / file).is_file() or metric not in set(curves["metric"]):
+            continue
+        units = pd.read_csv(folder / file)
+        its = sorted(int(i) for i in units["iteration"].unique())
+        seeds = sorted(int(x) for x in units["seed"].unique())
+        threads = sorted(int(x) for x in units["llama_threads"].unique())
+        if not lines:
+            lines += ["", "### Perplexity and spread within a tavern", ""]
+        lines += [
+            f"**{metric}**: the {what}; {len(units)} values, iterations "
+            f"{', '.join(map(str, its))}, seed(s) {', '.join(map(str, seeds))}, computed by "
+            f"`scripts/run_experiment.py --extras` with {threads[0]}-thread model instances "
+            f"(`{file}`). Mean [95 % interval] per arm:",
+            "",
+            "| arm | " + " | ".join(f"iteration {i}" for i in its) + " |",
+            "|---|" + "---|" * len(its),
+        ]
+        part = curves[curves["metric"] == metric]
+        for (policy, fraction), g in part.groupby(["policy", "human_fraction"], sort=False):
+            cells = []
+            for i in its:
+                row = g[g["iteration"] == i]
+                if not len(row):
+                    cells.append("n/a")
+                    continue
+                r = row.iloc[0]
+                band = f" [{_g(r.ci_low)}, {_g(r.ci_high)}]" if math.isfinite(r.ci_low) else ""
+                cells.append(f"{_g(r.estimate)}{band}")
+            lines.append(f"| {_arm_label(policy, fraction)} | " + " | ".join(cells) + " |")
+        lines.append("")
     return lines
 
 

@@ -71,6 +71,36 @@ def _facts_from_ledgers(runs: list) -> dict:
     }
 
 
+EXTRA_TABLES = {"perplexity": "units_perplexity", "spread": "units_spread"}
+
+
+def _extras(args: argparse.Namespace, runs: list, out: Path) -> dict:
+    """The extra unit tables: computed for ``--extras`` with the local model
+    (``--extras-threads`` x ``--workers``; the extra samples are new texts, so they need not
+    share the sweep's thread count), else read from ``out`` where they were kept."""
+    import pandas as pd
+
+    tables = {}
+    for extra, name in EXTRA_TABLES.items():
+        if extra in args.extras:
+            from helpers import text_samples as ts
+            from helpers.generators import LocalGenerator
+
+            gen = LocalGenerator(n_threads=args.extras_threads, workers=args.workers)
+            its = args.extras_iterations or [0, args.iterations - 1]
+            if extra == "perplexity":
+                tables[name] = ts.perplexity_units(runs, gen, iterations=its)
+            else:
+                seeds = set(args.spread_seeds or args.seeds[:1])
+                chosen = [r for r in runs if int(r.params["seed"]) in seeds]
+                tables[name] = ts.spread_units(chosen, gen, iterations=its)
+            tables[name]["llama_threads"] = args.extras_threads
+            print(f"{name}: {len(tables[name])} rows", file=sys.stderr)
+        elif (out / f"{name}.csv").is_file():
+            tables[name] = pd.read_csv(out / f"{name}.csv")
+    return tables
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--name", required=True, help="folder under docs/results/")
@@ -81,12 +111,42 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=40)
     ap.add_argument("--context-chars", type=int, default=400)
     ap.add_argument("--k", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads (1 on a busy box)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="llama.cpp threads per model instance (part of what fixes a text)",
+    )
+    ap.add_argument("--workers", type=int, default=2,
+                    help="model instances generating an iteration side by side (texts unchanged)")  # fmt: skip
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "experiments")
     ap.add_argument("--recompute", action="store_true",
                     help="rebuild the runs from docs/results/<name>/runs/ (the committed ledgers)\n"
                          "and recompute every table without generating a text")  # fmt: skip
+    ap.add_argument(
+        "--extras",
+        nargs="*",
+        choices=["perplexity", "spread"],
+        default=[],
+        help="also compute these unit tables with the local model (kept as\n"
+        "units_perplexity.csv / units_spread.csv; a recompute reads them)",
+    )
+    ap.add_argument(
+        "--extras-iterations",
+        nargs="+",
+        type=int,
+        default=None,
+        help="iterations the extras cover (default: the first and the last)",
+    )
+    ap.add_argument(
+        "--extras-threads",
+        type=int,
+        default=1,
+        help="llama.cpp threads of the extras' model instances (--workers of them)",
+    )
+    ap.add_argument("--spread-seeds", nargs="+", type=int, default=None,
+                    help="sweep seeds whose runs get extra samples (default: the first)")  # fmt: skip
     args = ap.parse_args(argv)
     if args.recompute:
         _from_manifest(args)
@@ -112,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         er.restore_runs(out / "runs", settings.run_dir / "loops")
         inner = er.FrozenGenerator(args.model)
     else:
-        inner = LocalGenerator(n_threads=args.threads)
+        inner = LocalGenerator(n_threads=args.threads, workers=args.workers)
     milvus = start_milvus(settings)
     try:
         generator = ex.SharedGenerations(inner, ex.shared_generations_file(settings, inner))
@@ -136,15 +196,18 @@ def main(argv: list[str] | None = None) -> int:
     per_run, facts = er.paper_metric_tables(runs, k=args.k)
     table = table.merge(per_run, on=[*er.ARM_KEYS, "iteration"], how="left")
     units = (*units, facts)
+    extras = _extras(args, runs, out)
     checks = ex.literature_checks(table, units=units, n_boot=args.n_boot)
     control = ex.literature_checks(table, CONTROL_CLAIMS, units=units, n_boot=args.n_boot)
     power = ex.power_table(table, units=units, n_boot=args.n_boot)
-    curves = er.arm_curves(table, units)
+    curves = er.arm_curves(table, (*units, *extras.values()))
 
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "experiments.csv", index=False, float_format="%.6g")
     names = ("units_taverns", "units_queries", "units_ranks", "units_facts")
     for name, frame in zip(names, units, strict=True):
+        frame.to_csv(out / f"{name}.csv", index=False, float_format="%.6g")
+    for name, frame in extras.items():
         frame.to_csv(out / f"{name}.csv", index=False, float_format="%.6g")
     checks.to_csv(out / "checks.csv", index=False, float_format="%.6g")
     control.to_csv(out / "control_checks.csv", index=False, float_format="%.6g")

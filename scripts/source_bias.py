@@ -172,7 +172,8 @@ def render_doc(summary: pd.DataFrame, twins: pd.DataFrame) -> str:
         "## Twins",
         f"Each of the {n_taverns} taverns' human descriptions was rewritten by the local "
         f"generator (SmolLM2-135M; at most {sb.MAX_ATTEMPTS} attempts, each with its own seed, at "
-        f"temperatures {temps}), cut back to whole sentences, and accepted when its word count "
+        f"temperatures {temps} in turn, then again), cut back to whole sentences, and accepted "
+        "when its word count "
         f"was within {_pct(sb.LENGTH_TOLERANCE)} of the human text's, at most "
         f"{_pct(sb.MAX_COPY_SHARE)} of its word 4-grams were copied from it and at least "
         f"{_pct(sb.MIN_NAME_RETENTION)} of its names were kept. "

@@ -13,7 +13,7 @@ from helpers import claims as cl
 from helpers import experiment_results as er
 from helpers import experiments as ex
 from helpers import plots
-from helpers.feedback_loop import LoopParams, LoopParamsError
+from helpers.feedback_loop import LoopParams, LoopParamsError, load_run
 from helpers.generators import make_generator
 from helpers.milvus_server import start_milvus
 
@@ -286,6 +286,21 @@ def test_a_sweep_shares_the_iterations_the_policies_have_in_common(settings, loc
         assert per_run["vendi"].between(1, 2).all()  # 2 texts: between 1 and 2 distinct
         assert per_run["context_gini"].between(0, 1).all()
         assert len(facts) == 8 and facts["fact_retention"].between(0, 1).all()
+        # the extras: perplexity of each text, spread over the ledgered text and 3 new samples
+        from helpers import text_samples as ts
+        from helpers.perplexity import perplexity
+
+        ppl = ts.perplexity_units(runs[:1], local_generator, iterations=[1])
+        last = [r for r in runs[0].records() if r["iteration"] == 1]
+        assert list(ppl["cluster"]) == [r["tavern_id"] for r in last]
+        assert ppl["perplexity"].tolist() == pytest.approx(
+            [perplexity(r["text"], generator=local_generator) for r in last]
+        )
+        spread = ts.spread_units(runs[:1], local_generator, iterations=[1])
+        assert len(spread) == 2 and spread["within_tavern_spread"].between(0, 2).all()
+        assert spread["within_tavern_spread"].gt(0).all()  # new seeds, other texts
+        curves = er.arm_curves(table, [taverns, ppl, spread], n_boot=100)
+        assert {"perplexity", "within_tavern_spread"} <= set(curves["metric"])
         # the texts leave the repo without prompts, and come back as runs that give the same
         # tables without generating anything
         exported = er.export_runs(runs, settings.run_dir / "export")
@@ -300,6 +315,8 @@ def test_a_sweep_shares_the_iterations_the_policies_have_in_common(settings, loc
     other = settings.replace(run_dir=settings.run_dir / "restored")
     ids = er.restore_runs(settings.run_dir / "export", other.run_dir / "loops")
     assert ids == [r.run_id for r in runs]
+    with pytest.raises(ValueError, match="no prompt"):  # the committed ledgers drop the prompts
+        ts.spread_units([load_run(ids[0], other)], local_generator, iterations=[1])
     frozen = er.FrozenGenerator(local_generator.model)
     milvus = start_milvus(other)
     try:

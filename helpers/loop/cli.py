@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         type=_max_tokens,
         default=None,
-        help="cap on each generation (default: the generator's own, 230 local / 600 Claude)",
+        help="cap on each generation (default: 150 for the local model, 600 for Claude)",
     )
     gen.add_argument(
         "--judge",

@@ -32,6 +32,10 @@ CONTEXT_CHARS_RANGE = (50, 3000)
 DEFAULT_K = 3
 MAX_K = 20
 DEFAULT_CONTEXT_CHARS = 600  # three contexts of 600 chars stay far below SmolLM2's 4096 tokens
+# The local model's length cap in the loop when max_tokens is not given: the prompt diet's
+# choice (docs/benchmarks.md section 9), 1.2x faster than its description cap (230) with fact
+# coverage, similarity to the reference and distinct-2 within the seed-to-seed spread.
+LOCAL_LOOP_MAX_TOKENS = 150
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 SEED_MODULUS = 2**32 - 1  # llama.cpp treats 2**32-1 as "random"
 
@@ -104,7 +108,7 @@ class LoopParams:
     ``generated`` (generated rows only), ``run`` (generated rows of this run: the same as
     ``generated`` while every run has its own collection). ``human_fraction``: the share of the
     run's taverns whose human reference is stored (a subset fixed by the seed). ``max_tokens``
-    None: the generator's default. ``judge``: ``off``, ``auto`` (Claude when a key is set) or
+    None: :func:`default_max_tokens` (150 for the local model). ``judge``: ``off``, ``auto`` (Claude when a key is set) or
     ``claude``. ``use_ratings``: merge human ratings from ``data/feedback/*.csv`` into scores.
     ``run_id`` empty: ``<policy>-s<seed>-<UTC time>``.
 
@@ -279,7 +283,8 @@ class RunManifest:
     (flat, the parameters' keys beside these) and read back by resume and :class:`LoopRun`.
 
     ``human_taverns``: the taverns whose human reference is stored (:func:`human_subset`);
-    ``max_tokens_resolved``: ``params.max_tokens`` or the generator's default.
+    ``max_tokens_resolved``: ``params.max_tokens`` or the generator's default;
+    ``generator_settings``: the generator's ``text_settings`` (the local model's threads).
     """
 
     params: LoopParams
@@ -292,6 +297,8 @@ class RunManifest:
     backend: str
     created_at: str
     data_file: str
+    # what else decides a text (the local model's threads); {} in runs made before it was kept
+    generator_settings: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         out = self.params.as_dict()
@@ -303,7 +310,9 @@ class RunManifest:
 
     @classmethod
     def from_json(cls, saved: Mapping[str, Any], where: str = "params.json") -> RunManifest:
-        names = [f.name for f in dataclasses.fields(cls) if f.name != "params"]
+        fields = [f for f in dataclasses.fields(cls) if f.name != "params"]
+        optional = {f.name for f in fields if f.default_factory is not dataclasses.MISSING}
+        names = [f.name for f in fields if f.name not in optional or f.name in saved]
         missing = [n for n in names if n not in saved]
         if missing:
             raise LoopError(
@@ -326,3 +335,11 @@ def check_tavern_ids(tavern_ids: Sequence[str], where: str) -> None:
                 f"tavern_id {tid!r} in {where} is {size} bytes; the loop stores at most {limit}. "
                 "Shorten it there (ids are short slugs such as prancing-pony)."
             )
+
+
+def default_max_tokens(generator: Any) -> int:
+    """The loop's length cap when ``LoopParams.max_tokens`` is None: :data:`LOCAL_LOOP_MAX_TOKENS`
+    for the local model, the generator's own description cap otherwise (Claude)."""
+    if generator.name == "local":
+        return LOCAL_LOOP_MAX_TOKENS
+    return int(generator.description_max_tokens)

@@ -15,7 +15,7 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 LENGTH_TOLERANCE = 0.10  # the twin's word count may differ from the human text's by 10 %
-MAX_ATTEMPTS = 3  # seeds tried per tavern before it is recorded as unmatched
+MAX_ATTEMPTS = 6  # seeds tried per tavern before it is recorded as unmatched
 MAX_COPY_SHARE = 0.6  # a twin copying more of its word 4-grams from the human text is no rewrite
 MIN_NAME_RETENTION = 0.6  # ... and one keeping fewer of its names has lost the facts
 TOKENS_PER_WORD = 1.6  # generous: SmolLM2 spends about 1.3 tokens per English word
@@ -25,9 +25,16 @@ REWRITE_PROMPT = (
     "Rewrite this description of a tavern in your own words, in about {n_words} words. "
     "Keep every name, place and fact; add nothing.\n\n{text}"
 )
-# Temperature of attempt 1, 2, 3, ...: greedy decoding copies the text nearly word for word, at
-# 0.7 the facts are lost (tried), so each retry moves a step further from the text.
+# Temperature of attempt 1, 2, 3, then again 4, 5, 6 (new seeds): greedy decoding copies the
+# text nearly word for word, at 0.7 the facts are lost (tried), so each retry moves a step
+# further from the text; the cycle gives a lost-names failure another low-temperature try.
 REWRITE_TEMPERATURES = (0.3, 0.45, 0.6)
+
+
+def rewrite_temperature(attempt: int) -> float:
+    """The temperature of attempt 1, 2, ... (:data:`REWRITE_TEMPERATURES`, cycled)."""
+    return REWRITE_TEMPERATURES[(attempt - 1) % len(REWRITE_TEMPERATURES)]
+
 
 # ---------------------------------------------------------------------------------------------
 # Length matching
@@ -136,21 +143,24 @@ def make_twin(
     seed: int,
     max_attempts: int = MAX_ATTEMPTS,
     tolerance: float = LENGTH_TOLERANCE,
+    first_attempt: int = 1,
 ) -> Twin:
     """Rewrite ``human`` with seeds ``seed``, ``seed + 1``, ... (and rising temperatures) until
     a rewrite, cut back to whole sentences, is within ``tolerance`` of its length and passes
     :func:`is_rewrite`. After ``max_attempts`` the tavern is unmatched (the last attempt is kept
-    for inspection, but excluded from the test)."""
+    for inspection, but excluded from the test). ``first_attempt`` > 1 resumes after attempts
+    that failed before: attempt ``a`` always uses seed ``seed + a - 1`` and the same
+    temperature, so the result equals a run that tried them all."""
     target = word_count(human)
     prompt = REWRITE_PROMPT.format(n_words=target, text=human)
     text = ""
-    for attempt in range(1, max_attempts + 1):
+    for attempt in range(first_attempt, max_attempts + 1):
         s = seed + attempt - 1
         raw = generator.generate(
             prompt,
             system=REWRITE_SYSTEM,
             max_tokens=token_cap(target, tolerance),
-            temperature=REWRITE_TEMPERATURES[min(attempt, len(REWRITE_TEMPERATURES)) - 1],
+            temperature=rewrite_temperature(attempt),
             seed=s,
         ).text
         fitted = fit_length(raw, target, tolerance)
@@ -194,7 +204,9 @@ def generate_twins(
 ) -> pd.DataFrame:
     """Twins of every tavern in ``taverns`` (columns tavern_id, description). Each finished twin
     is appended to ``cache`` (JSON lines) at once, so an interrupted run resumes where it
-    stopped; a cached twin made with another seed is made again."""
+    stopped; a cached twin made with another seed or from another length of the human text
+    (data/taverns.csv changed) is made again, and an unmatched one that had fewer than
+    ``max_attempts`` attempts goes on from its next attempt."""
     cache.parent.mkdir(parents=True, exist_ok=True)
     done = read_cache([cache])
     rows = []
@@ -203,8 +215,18 @@ def generate_twins(
     ):
         tavern_seed = seed + 1000 * int(i)  # by row label: a shard gets the whole run's seeds
         twin = done.get(tid)
-        if twin is None or not (tavern_seed <= twin.seed < tavern_seed + max_attempts):
-            twin = make_twin(generator, tid, human, seed=tavern_seed, max_attempts=max_attempts)
+        first = 1
+        if twin is not None and (
+            twin.seed != tavern_seed + twin.attempts - 1 or twin.human_words != word_count(human)
+        ):
+            twin = None  # made with another seed, or from an older version of the human text
+        if twin is not None and not twin.matched and twin.attempts < max_attempts:
+            first, twin = twin.attempts + 1, None
+        if twin is None:
+            twin = make_twin(
+                generator, tid, human, seed=tavern_seed, max_attempts=max_attempts,
+                first_attempt=first,
+            )  # fmt: skip
             with cache.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(asdict(twin)) + "\n")
             log.info("twin %d/%d %s: matched=%s", n + 1, len(taverns), tid, twin.matched)
