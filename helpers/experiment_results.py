@@ -111,6 +111,7 @@ class FrozenGenerator:
     name = "local"
     description_max_tokens = 0
     default_seed = 0
+    text_settings = None  # it makes no text, so no setting of it can change one
 
     def __init__(self, model: str) -> None:
         self.model = model

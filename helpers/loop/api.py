@@ -286,8 +286,14 @@ def _resume_locked(
             f"Run {params.run_id} was generated with {manifest.model!r}, not "
             f"{generator.model!r}; resume it with the same model, or start a new run."
         )
-    now_settings = dict(getattr(generator, "text_settings", None) or {})
-    if manifest.generator_settings and now_settings != manifest.generator_settings:
+    # None: a generator whose texts no setting of ours decides (Claude), or one that generates
+    # nothing (a recomputation's FrozenGenerator)
+    now_settings = getattr(generator, "text_settings", None)
+    if (
+        manifest.generator_settings
+        and now_settings is not None
+        and dict(now_settings) != manifest.generator_settings
+    ):
         raise LoopError(
             f"Run {params.run_id} was generated with {manifest.generator_settings}, this generator "
             f"has {now_settings}: its texts would differ from an uninterrupted run. Resume with "
