@@ -15,6 +15,13 @@ table from the committed ledgers, without generating a text:
 
     PYTHONPATH=$PWD .venv/bin/python scripts/run_experiment.py --name full --recompute \
         --run-dir runs/recompute-full
+
+Two of the papers' metrics need the model again (``--extras perplexity spread``, with the same
+arguments as the sweep and its own ``--run-dir``, whose ledgers still hold the prompts): the
+perplexity of every text, and the spread within a tavern from 3 more samples of each
+generation's prompt (helpers/text_samples.py), at the first and last iteration by default (the
+spread for the first seed only). They are kept as ``units_perplexity.csv`` and ``units_spread.csv``; a
+recompute reads them.
 """
 
 from __future__ import annotations
