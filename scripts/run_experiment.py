@@ -262,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     if previous.is_file() and generator.misses == 0:
         # every run was finished already: keep the facts of the run that generated the texts
         before = json.loads(previous.read_text(encoding="utf-8"))
-        if before.get("parameters") == manifest["parameters"]:
+        # compared as JSON: the parameters hold tuples that come back from the file as lists
+        if before.get("parameters") == json.loads(json.dumps(manifest["parameters"])):
             for key in ("commit", "machine", "started_utc", "minutes", "generated",
                         "answered_from_shared"):  # fmt: skip
                 manifest[key] = before[key]
