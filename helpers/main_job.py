@@ -64,16 +64,26 @@ def parameters_for(notebook: str, full: bool) -> dict[str, object]:
     return dict((FULL_PARAMETERS if full else QUICK_PARAMETERS).get(notebook, {}))
 
 
-def _ipc_kernels() -> object:
+@contextlib.contextmanager
+def ipc_kernel_config() -> Iterator[object]:
     """Kernels talk to papermill over Unix sockets, not TCP on loopback: nothing else on the
     machine can connect to them, and ipykernel stops printing its "running over TCP without
-    encryption" warning into the main job's progress for every notebook."""
+    encryption" warning into the main job's progress for every notebook.
+
+    Each kernel gets its sockets in a folder of its own. jupyter_client's default for them is
+    ``kernel-ipc-<n>`` in the working directory (the notebooks folder), where two kernels
+    started at once by two processes (the test workers) could pick the same sockets and read
+    each other's messages: "Invalid Signature" at start-up, seen in a CI run."""
+    import shutil
+    import tempfile
+
     from traitlets.config import Config
 
-    return Config({"KernelManager": {"transport": "ipc"}})
-
-
-IPC_KERNELS = _ipc_kernels()
+    folder = tempfile.mkdtemp(prefix="gfl-kernel-")  # short: a socket path has 107 bytes
+    try:
+        yield Config({"KernelManager": {"transport": "ipc", "ip": f"{folder}/kernel"}})
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclass
@@ -114,11 +124,12 @@ def run_notebook(
     start = time.perf_counter()
     for attempt in (1, 2):
         try:
-            pm.execute_notebook(
-                str(notebook), str(output), parameters=params, kernel_name=kernel_name,
-                cwd=str(NOTEBOOK_DIR), progress_bar=False, log_output=False, config=IPC_KERNELS,
-                start_timeout=KERNEL_START_TIMEOUT_S,
-            )  # fmt: skip
+            with ipc_kernel_config() as config:
+                pm.execute_notebook(
+                    str(notebook), str(output), parameters=params, kernel_name=kernel_name,
+                    cwd=str(NOTEBOOK_DIR), progress_bar=False, log_output=False, config=config,
+                    start_timeout=KERNEL_START_TIMEOUT_S,
+                )  # fmt: skip
         except Exception as exc:  # PapermillExecutionError carries the cell's traceback
             if attempt == 1 and _kernel_never_started(exc):
                 continue  # no cell ran: start a new kernel once (seen once in a CI run)

@@ -4,6 +4,8 @@ shares one worker's queue; every other test file stays whole."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.conftest import NOTEBOOK_QUEUE, ONE_AT_A_TIME, xdist_scope
@@ -63,3 +65,28 @@ def test_a_kernel_that_never_answered_is_started_again_but_a_failed_cell_is_not(
     assert _kernel_never_started(RuntimeError("Kernel didn't respond in 60 seconds"))
     assert _kernel_never_started(RuntimeError("Kernel died before replying to kernel_info"))
     assert not _kernel_never_started(RuntimeError("An error occurred while executing cell 3"))
+
+
+def test_each_notebook_kernel_has_its_sockets_in_a_folder_of_its_own(tmp_path, monkeypatch) -> None:
+    """Not jupyter_client's default ``kernel-ipc-<n>`` in the working directory, where two
+    processes starting kernels at once could share sockets ("Invalid Signature")."""
+    from jupyter_client.manager import KernelManager
+
+    from helpers.main_job import ipc_kernel_config
+
+    monkeypatch.chdir(tmp_path)
+    with ipc_kernel_config() as first, ipc_kernel_config() as second:
+        folders = {Path(c.KernelManager.ip).parent for c in (first, second)}
+        assert len(folders) == 2 and all(f.is_dir() for f in folders)
+        km = KernelManager(config=first, kernel_name="python3")
+        km.start_kernel()
+        try:
+            client = km.client()
+            client.start_channels()
+            client.wait_for_ready(timeout=60)
+            sockets = list(Path(first.KernelManager.ip).parent.iterdir())
+            assert sockets and not list(tmp_path.iterdir())  # nothing in the working directory
+        finally:
+            client.stop_channels()
+            km.shutdown_kernel(now=True)
+    assert not any(f.exists() for f in folders)  # removed afterwards
